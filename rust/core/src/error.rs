@@ -1,0 +1,49 @@
+//! The errors of each core module; the Python binding maps them onto exceptions.
+
+use thiserror::Error;
+
+/// Errors of tag scanning and stop checking.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum TagError {
+    #[error("stop string {index} is empty; every stop string needs at least one character")]
+    EmptyStop { index: usize },
+    #[error("the stop strings are {bytes} bytes long in all; at most 65534 are supported")]
+    StopsTooLong { bytes: usize },
+    #[error("the vocabulary is {bytes} bytes long in all; at most 4 GiB is supported")]
+    VocabTooLarge { bytes: usize },
+    #[error("{what} has {got} entries but {expected} were expected")]
+    LengthMismatch {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("row {row} is out of range: the checker tracks {batch_size} sequences (call reset first)")]
+    RowOutOfRange { row: usize, batch_size: usize },
+    #[error("token id {id} at position {position} is negative")]
+    NegativeTokenId { position: usize, id: i64 },
+}
+
+/// Errors of packing rollouts into batch arrays.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PackError {
+    #[error("trajectory {trajectory}: the prompt has {len} tokens, more than max_prompt_len = {max}")]
+    PromptTooLong {
+        trajectory: usize,
+        len: usize,
+        max: usize,
+    },
+    #[error("trajectory {trajectory}, segment {segment}: {ids} token ids but {logprobs} log-probs")]
+    LogprobLength {
+        trajectory: usize,
+        segment: usize,
+        ids: usize,
+        logprobs: usize,
+    },
+    #[error("trajectory {trajectory}, {place}: token id {id} at position {position} is negative")]
+    NegativeTokenId {
+        trajectory: usize,
+        place: String,
+        position: usize,
+        id: i64,
+    },
+}
