@@ -1,0 +1,108 @@
+"""Type stubs of ``searchr1._core``, the Rust core (checked with ``mypy.stubtest``)."""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Action",
+    "StopScanner",
+    "TokenStopChecker",
+    "__version__",
+    "pack_trajectories",
+    "parse_action",
+]
+
+__version__: str
+
+@final
+class Action:
+    """The action of one turn, as Search-R1 parses it."""
+
+    def __new__(cls, kind: str, content: str | None) -> Action: ...
+    @property
+    def kind(self) -> Literal["search", "answer", "invalid"]:
+        """``"search"``, ``"answer"`` or ``"invalid"``."""
+    @property
+    def content(self) -> str | None:
+        """The text between the tags, stripped; ``None`` when the action is invalid."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+
+def parse_action(text: str) -> Action:
+    """The first ``<search>…</search>`` or ``<answer>…</answer>`` in ``text``.
+
+    Exactly Search-R1's ``re.search(r"<(search|answer)>(.*?)</\\1>", text, re.DOTALL)``
+    with the content stripped as ``str.strip()`` does; ``Action("invalid", None)`` when
+    there is no match.
+    """
+
+@final
+class StopScanner:
+    """Finds the first complete stop string in text fed in chunks.
+
+    ``feed(chunk)`` returns the offset, in characters from the start of everything fed,
+    just past the first stop string to complete (it may span chunks), else ``None``.
+    Once a stop string is found every later call returns the same offset.
+    """
+
+    def __new__(cls, stops: Sequence[str]) -> StopScanner: ...
+    def feed(self, chunk: str) -> int | None:
+        """Feeds ``chunk``; the character offset just past the first stop string, or None."""
+    @property
+    def matched(self) -> int | None:
+        """Index of the stop string found, or ``None``."""
+    @property
+    def stops(self) -> list[str]:
+        """The stop strings looked for."""
+
+@final
+class TokenStopChecker:
+    """Token-level stop checking for a batch of sequences decoded in lockstep.
+
+    Built once from ``vocab[token_id]`` (the bytes each token decodes to; see
+    ``searchr1.vocab_bytes``) and the stop strings. Ids past the vocabulary decode to
+    nothing. Call ``reset(batch_size)`` before each batch.
+    """
+
+    def __new__(cls, vocab: Sequence[bytes], stops: Sequence[str]) -> TokenStopChecker: ...
+    def reset(self, batch_size: int) -> None:
+        """Starts tracking ``batch_size`` new sequences."""
+    def step(
+        self,
+        token_ids: npt.NDArray[np.int64] | Sequence[int],
+        rows: npt.NDArray[np.int64] | Sequence[int] | None = None,
+    ) -> npt.NDArray[np.int32]:
+        """Advances sequences by one token each: shape ``[n]`` in, ``[n]`` out.
+
+        ``token_ids[i]`` is the new token of sequence ``rows[i]`` (of sequence ``i`` when
+        ``rows`` is None). The result is -1 where the sequence goes on; otherwise the
+        sequence has stopped, and the value is how many bytes of this token lie up to the
+        end of the stop string (the token's length when the stop ends with it; 0 for a
+        sequence that had already stopped).
+        """
+    def stopped(self, row: int) -> int | None:
+        """Which stop string sequence ``row`` stopped on, or ``None`` while it runs."""
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids in the vocabulary."""
+    @property
+    def batch_size(self) -> int:
+        """Number of sequences tracked since the last ``reset``."""
+
+def pack_trajectories(
+    trajectories: Iterable[Any],
+    max_prompt_len: int | None = None,
+    max_response_len: int | None = None,
+    pad_id: int = 0,
+) -> dict[str, Any]:
+    """Packs trajectories into numpy arrays; ``searchr1.pack`` wraps this.
+
+    Each trajectory has ``prompt_ids`` and ``segments``; each segment ``ids``,
+    ``generated`` and ``logprobs`` (or None). Returns a dict with ``input_ids``,
+    ``attention_mask``, ``position_ids`` (int64 ``[B, P+R]``), ``loss_mask`` and
+    ``old_logprobs`` (float32 ``[B, R]``), ``last_index`` (int64 ``[B]``), ``truncated``
+    (bool ``[B]``), ``prompt_len`` and ``response_len``.
+    """

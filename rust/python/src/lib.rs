@@ -1,0 +1,351 @@
+//! `searchr1._core`: the Python binding of `searchr1-core`.
+//!
+//! Thin by design: arguments are converted to Rust values (numpy arrays are borrowed,
+//! not copied), the work runs with the GIL released, and arrays go back to numpy
+//! without copying. Errors map onto the exception hierarchy of `searchr1.errors`.
+
+use std::borrow::Cow;
+
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use searchr1_core as core;
+
+mod pool;
+
+pyo3::import_exception!(searchr1.errors, InputError);
+pyo3::import_exception!(searchr1.errors, PackError);
+
+/// Every error a binding function can raise, mapped onto Python exceptions in one place.
+enum Error {
+    Tag(core::TagError),
+    Pack(core::PackError),
+    Py(PyErr),
+}
+
+impl From<core::TagError> for Error {
+    fn from(e: core::TagError) -> Self {
+        Error::Tag(e)
+    }
+}
+
+impl From<core::PackError> for Error {
+    fn from(e: core::PackError) -> Self {
+        Error::Pack(e)
+    }
+}
+
+impl From<PyErr> for Error {
+    fn from(e: PyErr) -> Self {
+        Error::Py(e)
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        match e {
+            Error::Tag(e) => InputError::new_err(e.to_string()),
+            Error::Pack(e) => PackError::new_err(e.to_string()),
+            Error::Py(e) => e,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// A numpy array read in place, or values copied out of another sequence.
+///
+/// Arrays are read without rust-numpy's borrow registry: it costs more than the reading
+/// itself for the thousands of small arrays in a batch of rollouts, and it never guarded
+/// against Python code mutating an array anyway. Callers must not mutate the arrays
+/// they pass while the call runs.
+enum Values<'py, T: numpy::Element> {
+    Array(Bound<'py, PyArray1<T>>),
+    Owned(Vec<T>),
+}
+
+impl<'py, T: numpy::Element + for<'a> FromPyObject<'a, 'py> + Copy> Values<'py, T> {
+    /// Reads a contiguous 1-D numpy array of exactly `T` in place; copies anything else.
+    /// `what` names the argument in error messages.
+    fn extract(obj: &Bound<'py, PyAny>, what: impl FnOnce() -> String) -> PyResult<Self> {
+        if let Ok(array) = obj.cast::<PyArray1<T>>() {
+            if array.is_contiguous() {
+                return Ok(Values::Array(array.clone()));
+            }
+            return Ok(Values::Owned(array.to_vec().expect("1-D array")));
+        }
+        if obj.is_instance_of::<pyo3::types::PyString>() || obj.is_instance_of::<PyBytes>() {
+            return Err(PyTypeError::new_err(format!(
+                "{} must be a sequence of numbers, not a string",
+                what()
+            )));
+        }
+        obj.extract::<Vec<T>>()
+            .map(Values::Owned)
+            .map_err(|e| PyTypeError::new_err(format!("{} must be a 1-D sequence of numbers: {e}", what())))
+    }
+
+    fn as_slice(&self) -> &[T] {
+        match self {
+            // SAFETY: contiguity was checked; the array is kept alive by `self`, and the
+            // caller does not mutate it during the call (see the type's documentation).
+            Values::Array(a) => unsafe { a.as_slice().expect("checked contiguous") },
+            Values::Owned(v) => v,
+        }
+    }
+}
+
+/// The action of one turn, as Search-R1 parses it.
+#[pyclass(frozen, eq, module = "searchr1._core", name = "Action")]
+#[derive(PartialEq)]
+struct PyAction {
+    kind: &'static str,
+    content: Option<String>,
+}
+
+#[pymethods]
+impl PyAction {
+    #[new]
+    #[pyo3(signature = (kind, content))]
+    fn new(kind: &str, content: Option<String>) -> Result<Self> {
+        let kind = match kind {
+            "search" => "search",
+            "answer" => "answer",
+            "invalid" => "invalid",
+            other => {
+                return Err(Error::Py(InputError::new_err(format!(
+                    "unknown action kind {other:?}; expected 'search', 'answer' or 'invalid'"
+                ))))
+            }
+        };
+        Ok(PyAction { kind, content })
+    }
+
+    /// `"search"`, `"answer"` or `"invalid"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The text between the tags, stripped; `None` when the action is invalid.
+    #[getter]
+    fn content(&self) -> Option<&str> {
+        self.content.as_deref()
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.content {
+            Some(c) => format!("Action(kind={:?}, content={:?})", self.kind, c),
+            None => format!("Action(kind={:?}, content=None)", self.kind),
+        }
+    }
+}
+
+/// The first `<search>…</search>` or `<answer>…</answer>` in `text`, as Search-R1 finds it.
+#[pyfunction]
+fn parse_action(py: Python<'_>, text: &str) -> PyAction {
+    let action = if text.len() > 1 << 16 {
+        py.detach(|| core::parse_action(text))
+    } else {
+        core::parse_action(text)
+    };
+    PyAction {
+        kind: action.kind.as_str(),
+        content: action.content,
+    }
+}
+
+/// Finds the first complete stop string in text fed in chunks.
+#[pyclass(module = "searchr1._core", name = "StopScanner")]
+struct PyStopScanner(core::StopScanner);
+
+#[pymethods]
+impl PyStopScanner {
+    #[new]
+    fn new(stops: Vec<String>) -> Result<Self> {
+        Ok(PyStopScanner(core::StopScanner::new(&stops)?))
+    }
+
+    /// Feeds `chunk`; returns the character offset just past the first stop string.
+    fn feed(&mut self, chunk: &str) -> Option<usize> {
+        self.0.feed(chunk)
+    }
+
+    /// Index of the stop string found, or `None`.
+    #[getter]
+    fn matched(&self) -> Option<usize> {
+        self.0.matched()
+    }
+
+    /// The stop strings looked for.
+    #[getter]
+    fn stops(&self) -> Vec<String> {
+        self.0.stops().to_vec()
+    }
+}
+
+/// Token-level stop checking for a batch of sequences decoded in lockstep.
+#[pyclass(module = "searchr1._core", name = "TokenStopChecker")]
+struct PyTokenStopChecker(core::TokenStopChecker);
+
+#[pymethods]
+impl PyTokenStopChecker {
+    #[new]
+    fn new(vocab: Vec<Bound<'_, PyBytes>>, stops: Vec<String>) -> Result<Self> {
+        let tokens: Vec<&[u8]> = vocab.iter().map(|b| b.as_bytes()).collect();
+        Ok(PyTokenStopChecker(core::TokenStopChecker::new(&tokens, &stops)?))
+    }
+
+    /// Starts tracking `batch_size` new sequences.
+    fn reset(&mut self, batch_size: usize) {
+        self.0.reset(batch_size)
+    }
+
+    /// Advances sequences by one token each; see the stub for the meaning of the result.
+    #[pyo3(signature = (token_ids, rows = None))]
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        token_ids: &Bound<'py, PyAny>,
+        rows: Option<&Bound<'py, PyAny>>,
+    ) -> Result<Bound<'py, PyArray1<i32>>> {
+        let ids = Values::<i64>::extract(token_ids, || "token_ids".into())?;
+        let rows = rows
+            .map(|r| Values::<i64>::extract(r, || "rows".into()))
+            .transpose()?;
+        let rows: Option<Vec<usize>> = match &rows {
+            Some(r) => Some(
+                r.as_slice()
+                    .iter()
+                    .map(|&x| usize::try_from(x))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| InputError::new_err("rows must be non-negative"))?,
+            ),
+            None => None,
+        };
+        let mut out = vec![0i32; ids.as_slice().len()];
+        self.0.step(ids.as_slice(), rows.as_deref(), &mut out)?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// Which stop string sequence `row` stopped on, or `None` while it runs.
+    fn stopped(&self, row: usize) -> Option<usize> {
+        self.0.stopped(row)
+    }
+
+    /// Number of token ids in the vocabulary.
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+
+    /// Number of sequences tracked since the last `reset`.
+    #[getter]
+    fn batch_size(&self) -> usize {
+        self.0.batch_size()
+    }
+}
+
+/// One segment's inputs, held while the packing borrows them.
+struct SegmentInput<'py> {
+    ids: Values<'py, i64>,
+    generated: bool,
+    logprobs: Option<Values<'py, f32>>,
+}
+
+/// Packs trajectories (objects with `prompt_ids` and `segments`, each segment with
+/// `ids`, `generated` and `logprobs`) into a dict of numpy arrays.
+#[pyfunction]
+#[pyo3(signature = (trajectories, max_prompt_len = None, max_response_len = None, pad_id = 0))]
+fn pack_trajectories<'py>(
+    py: Python<'py>,
+    trajectories: &Bound<'py, PyAny>,
+    max_prompt_len: Option<usize>,
+    max_response_len: Option<usize>,
+    pad_id: i64,
+) -> Result<Bound<'py, PyDict>> {
+    let mut inputs: Vec<(Values<'py, i64>, Vec<SegmentInput<'py>>)> = Vec::new();
+    for (t, traj) in trajectories.try_iter()?.enumerate() {
+        let traj = traj?;
+        let where_ = |s: Option<usize>, what: &str| match s {
+            Some(s) => format!("trajectory {t}, segment {s}: {what}"),
+            None => format!("trajectory {t}: {what}"),
+        };
+        let prompt = Values::extract(&traj.getattr(intern!(py, "prompt_ids"))?, || {
+            where_(None, "prompt_ids")
+        })?;
+        let mut segments = Vec::new();
+        for (s, seg) in traj.getattr(intern!(py, "segments"))?.try_iter()?.enumerate() {
+            let seg = seg?;
+            let ids = Values::extract(&seg.getattr(intern!(py, "ids"))?, || where_(Some(s), "ids"))?;
+            let generated: bool = seg.getattr(intern!(py, "generated"))?.extract()?;
+            let lp = seg.getattr(intern!(py, "logprobs"))?;
+            let logprobs = if lp.is_none() {
+                None
+            } else {
+                Some(Values::extract(&lp, || where_(Some(s), "logprobs"))?)
+            };
+            segments.push(SegmentInput {
+                ids,
+                generated,
+                logprobs,
+            });
+        }
+        inputs.push((prompt, segments));
+    }
+    let trajs: Vec<core::Trajectory<'_>> = inputs
+        .iter()
+        .map(|(prompt, segments)| core::Trajectory {
+            prompt: Cow::Borrowed(prompt.as_slice()),
+            segments: segments
+                .iter()
+                .map(|s| core::Segment {
+                    ids: Cow::Borrowed(s.ids.as_slice()),
+                    generated: s.generated,
+                    logprobs: s.logprobs.as_ref().map(|l| Cow::Borrowed(l.as_slice())),
+                })
+                .collect(),
+        })
+        .collect();
+    let config = core::PackConfig {
+        max_prompt_len,
+        max_response_len,
+        pad_id,
+    };
+    let (b, (p, r)) = (trajs.len(), config.columns(&trajs));
+    let buffers = core::PackBuffers {
+        input_ids: pool::take(b * (p + r)),
+        attention_mask: pool::take(b * (p + r)),
+        position_ids: pool::take(b * (p + r)),
+        loss_mask: pool::take(b * r),
+        old_logprobs: pool::take(b * r),
+    };
+    let packed = py.detach(|| core::pack_into(&trajs, &config, buffers))?;
+    let l = packed.prompt_len + packed.response_len;
+    let out = PyDict::new(py);
+    out.set_item("input_ids", pool::array2(py, packed.input_ids, b, l)?)?;
+    out.set_item("attention_mask", pool::array2(py, packed.attention_mask, b, l)?)?;
+    out.set_item("position_ids", pool::array2(py, packed.position_ids, b, l)?)?;
+    out.set_item("loss_mask", pool::array2(py, packed.loss_mask, b, r)?)?;
+    out.set_item("old_logprobs", pool::array2(py, packed.old_logprobs, b, r)?)?;
+    out.set_item("last_index", packed.last_index.into_pyarray(py))?;
+    out.set_item("truncated", packed.truncated.into_pyarray(py))?;
+    out.set_item("prompt_len", packed.prompt_len)?;
+    out.set_item("response_len", packed.response_len)?;
+    Ok(out)
+}
+
+/// The Rust core of searchr1.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<PyAction>()?;
+    m.add_class::<PyStopScanner>()?;
+    m.add_class::<PyTokenStopChecker>()?;
+    m.add_function(wrap_pyfunction!(parse_action, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_trajectories, m)?)?;
+    Ok(())
+}
