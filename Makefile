@@ -1,0 +1,86 @@
+# Entry points: `make demo`, `make test`, `make bench`, `make lint`, `make wheel`.
+# Each sets up what it needs in .venv first. Reusable downloads and builds live outside
+# the work tree (in $(CACHE)), so a fresh clone on a used machine sets up fast.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+CACHE ?= $(HOME)/.cache/searchr1
+WHEELHOUSE ?= $(CACHE)/wheels
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+export PYO3_PYTHON := $(BIN)/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+# pip never reaches the index once the wheelhouse is filled: every package of the test
+# environment is pinned in constraints.txt and installed from there.
+OFFLINE_PIP := PIP_QUIET=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE) PIP_CONSTRAINT=$(CURDIR)/constraints.txt
+
+.PHONY: help venv develop test test-rust test-python lint bench cargo-bench wheel demo constraints clean
+
+help:
+	@echo "make demo    set up .venv, then run the toy demo on the CPU"
+	@echo "make test    set up .venv, then run the Rust and Python tests and linters"
+	@echo "make bench   side-by-side benchmarks against the peers (benches/README.md)"
+	@echo "make lint    cargo fmt/clippy, ruff, mypy, stubtest"
+	@echo "make wheel   build an abi3 release wheel into dist/"
+
+$(VENV)/.deps: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "searchr1 needs Python >= 3.11; set PYTHON=...")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	mkdir -p $(WHEELHOUSE)
+	@echo "fetching pinned wheels into $(WHEELHOUSE) (only those not there yet)"
+	$(BIN)/pip download --quiet --dest $(WHEELHOUSE) --requirement constraints.txt
+	$(OFFLINE_PIP) $(BIN)/pip install --quiet --requirement constraints.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# The package in develop mode, with the test extras; an incremental Rust build.
+develop: venv
+	$(OFFLINE_PIP) VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --profile develop --extras test
+
+test: develop lint test-rust test-python
+
+test-rust: venv
+	cargo test --workspace
+	cargo bench --workspace --no-run
+
+test-python: develop
+	$(BIN)/python -m pytest
+
+lint: develop
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest searchr1._core
+
+bench: develop
+	$(BIN)/python benches/run.py
+
+cargo-bench: venv
+	cargo bench -p searchr1-core
+
+wheel: venv
+	$(BIN)/maturin build --release --out dist
+
+demo: develop
+	@echo "make demo: the toy world, tiny model and 'searchr1 demo' have not landed yet" >&2
+	@echo "(see the open issue for the embedded default). Nothing was run." >&2
+	@exit 1
+
+# Re-pin the test environment from the current .venv.
+constraints:
+	(echo "# Exact versions of the test environment; make installs exactly these."; \
+	 echo "# Regenerate from a resolved .venv with 'make constraints'."; \
+	 $(BIN)/pip freeze --exclude-editable | grep -v -i '^searchr1' | sort -f) > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache
