@@ -1,0 +1,32 @@
+"""Runs every side-by-side benchmark in one process and prints the ratios (`make bench`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench_pack
+import bench_stop
+from common import machine
+
+
+def main() -> None:
+    results = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "stop": bench_stop.main([]),
+        "pack": bench_pack.main([]),
+    }
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
