@@ -40,14 +40,14 @@ $(VENV)/.deps: pyproject.toml constraints.txt
 
 venv: $(VENV)/.deps
 
-# The package in develop mode, with the test extras; an incremental Rust build.
+# The package in develop mode, with the test extras; an incremental optimised build.
 develop: venv
-	$(OFFLINE_PIP) VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --profile develop --extras test
+	$(OFFLINE_PIP) VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --release --extras test,bench
 
 test: develop lint test-rust test-python
 
 test-rust: venv
-	cargo test --workspace
+	cargo test --workspace --release
 	cargo bench --workspace --no-run
 
 test-python: develop
@@ -68,7 +68,7 @@ cargo-bench: venv
 	cargo bench -p searchr1-core
 
 wheel: venv
-	$(BIN)/maturin build --release --out dist
+	$(BIN)/maturin build --profile dist --out dist
 
 demo: develop
 	@echo "make demo: the toy world, tiny model and 'searchr1 demo' have not landed yet" >&2

@@ -22,10 +22,10 @@ def test_wheel_installs_in_fresh_venv(tmp_path: Path) -> None:
     if maturin is None:
         pytest.skip("maturin is not installed in this environment")
     dist = tmp_path / "dist"
-    # The develop profile shares the build cache with `make develop`, so this is quick;
-    # `make wheel` builds the same wheel with the release profile.
+    # The release profile shares the build cache with `make develop`, so this is quick;
+    # `make wheel` builds the same wheel with fat LTO (the dist profile).
     subprocess.run(
-        [maturin, "build", "--profile", "develop", "--out", str(dist), "--quiet"],
+        [maturin, "build", "--release", "--out", str(dist), "--quiet"],
         cwd=ROOT,
         check=True,
     )

@@ -7,8 +7,9 @@ tag scanning, token-level stop checking, and packing rollouts into batch arrays.
 from __future__ import annotations
 
 from searchr1._core import __version__
-from searchr1.errors import InputError, PackError, SearchR1Error
+from searchr1.errors import CorpusError, IndexFormatError, InputError, PackError, SearchR1Error
 from searchr1.packing import PackedBatch, Segment, Trajectory, pack
+from searchr1.retrieval import Hit, Retriever
 from searchr1.tags import (
     SEARCH_R1_STOPS,
     Action,
@@ -22,9 +23,13 @@ from searchr1.tags import (
 __all__ = [
     "SEARCH_R1_STOPS",
     "Action",
+    "CorpusError",
+    "Hit",
+    "IndexFormatError",
     "InputError",
     "PackError",
     "PackedBatch",
+    "Retriever",
     "SearchR1Error",
     "Segment",
     "StopScanner",

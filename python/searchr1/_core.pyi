@@ -1,6 +1,7 @@
 """Type stubs of ``searchr1._core``, the Rust core (checked with ``mypy.stubtest``)."""
 
 from collections.abc import Iterable, Sequence
+from os import PathLike
 from typing import Any, Literal, final
 
 import numpy as np
@@ -8,9 +9,11 @@ import numpy.typing as npt
 
 __all__ = [
     "Action",
+    "Index",
     "StopScanner",
     "TokenStopChecker",
     "__version__",
+    "build_index",
     "pack_trajectories",
     "parse_action",
 ]
@@ -106,3 +109,32 @@ def pack_trajectories(
     ``old_logprobs`` (float32 ``[B, R]``), ``last_index`` (int64 ``[B]``), ``truncated``
     (bool ``[B]``), ``prompt_len`` and ``response_len``.
     """
+
+def build_index(
+    corpus: PathLike[str] | str,
+    out: PathLike[str] | str,
+    *,
+    k1: float = 0.9,
+    b: float = 0.4,
+    stem: bool = True,
+    stopwords: bool = True,
+    threads: int | None = None,
+    memory_mb: int = 512,
+    skip_bad: bool = False,
+    progress: bool = False,
+) -> str:
+    """Builds an index of ``corpus`` in ``out``; returns the manifest as JSON text."""
+
+@final
+class Index:
+    """An opened index directory; ``searchr1.Retriever`` wraps it."""
+
+    def __new__(cls, path: PathLike[str] | str) -> Index: ...
+    @property
+    def manifest(self) -> str:
+        """The manifest, as JSON text."""
+    def __len__(self) -> int: ...
+    def analyze(self, text: str) -> list[str]:
+        """The terms ``text`` is indexed as."""
+    def search_bm25(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float, str]]]:
+        """BM25 top ``k`` of each query: ``(id, score, contents)``, best first."""

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from searchr1 import __version__
+from searchr1.errors import SearchR1Error
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turns searchr1's own errors (and missing files) into a one-line message, exit 1."""
+    try:
+        yield
+    except (SearchR1Error, OSError) as e:
+        raise click.ClickException(str(e)) from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +48,125 @@ def parse_action_cmd(text: str | None) -> None:
         text = sys.stdin.read()
     action = parse_action(text)
     click.echo(action.kind if action.content is None else f"{action.kind}\t{action.content}")
+
+
+@main.command("index")
+@click.option(
+    "--corpus",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSONL corpus (plain or .gz): {"id", "contents"} or {"id", "title", "text"} rows.',
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New index directory (must not exist or be empty).",
+)
+@click.option("--k1", default=0.9, show_default=True, help="BM25 term-frequency saturation.")
+@click.option("--b", "b", default=0.4, show_default=True, help="BM25 length normalisation.")
+@click.option("--stem/--no-stem", default=True, show_default=True, help="Porter2 stemming.")
+@click.option(
+    "--stopwords/--no-stopwords", default=True, show_default=True, help="Drop English stop words."
+)
+@click.option("--threads", type=click.IntRange(1, 8), help="Indexing threads [default: all cores].")
+@click.option(
+    "--memory-mb", default=512, show_default=True, type=click.IntRange(16), help="Indexing memory."
+)
+@click.option(
+    "--skip-bad", is_flag=True, help="Skip (and count) malformed lines instead of stopping."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def index_cmd(
+    corpus: Path,
+    out: Path,
+    k1: float,
+    b: float,
+    stem: bool,
+    stopwords: bool,
+    threads: int | None,
+    memory_mb: int,
+    skip_bad: bool,
+    quiet: bool,
+) -> None:
+    """Build a BM25 index of a passage corpus.
+
+    The corpus is streamed, never held in memory whole. A malformed line stops the build
+    with the file, line number and problem (or is skipped with --skip-bad); a repeated id
+    is always an error. Scores follow Lucene's BM25 with pyserini's defaults.
+
+    \b
+    Example:
+      searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18
+    """
+    from searchr1.retrieval import Retriever
+
+    started = time.perf_counter()
+    with _user_errors():
+        retriever = Retriever.build(
+            corpus,
+            out,
+            k1=k1,
+            b=b,
+            stem=stem,
+            stopwords=stopwords,
+            threads=threads,
+            memory_mb=memory_mb,
+            skip_bad=skip_bad,
+            progress=not quiet and sys.stderr.isatty(),
+        )
+    info = retriever.manifest["corpus"]
+    seconds = time.perf_counter() - started
+    skipped = f", {info['skipped_lines']} bad lines skipped" if info["skipped_lines"] else ""
+    click.echo(
+        f"indexed {info['passages']} passages into {out} in {seconds:.1f}s "
+        f"({info['passages'] / max(seconds, 1e-9):.0f}/s){skipped}"
+    )
+
+
+@main.command("search")
+@click.option(
+    "--index",
+    "index_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Index directory built by `searchr1 index`.",
+)
+@click.option(
+    "-k", "k", default=3, show_default=True, type=click.IntRange(0), help="Hits per query."
+)
+@click.option(
+    "--mode", default="bm25", show_default=True, type=click.Choice(["bm25"]), help="Search method."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print Search-R1's /retrieve response format."
+)
+@click.argument("queries", nargs=-1, required=True)
+def search_cmd(index_dir: Path, k: int, mode: str, as_json: bool, queries: tuple[str, ...]) -> None:
+    """Search an index for each QUERY and print the best passages.
+
+    \b
+    Example:
+      searchr1 search --index indexes/wiki-18 -k 3 "who wrote dune" "capital of peru"
+    """
+    from searchr1.retrieval import Retriever
+
+    with _user_errors():
+        retriever = Retriever.open(index_dir)
+        results = retriever.search(list(queries), k=k, mode=mode)
+    if as_json:
+        body = {"result": [[h.to_search_r1() for h in row] for row in results]}
+        click.echo(json.dumps(body, ensure_ascii=False))
+        return
+    style: Callable[..., str] = click.style
+    for query, hits in zip(queries, results, strict=True):
+        click.echo(style(f"# {query}", bold=True))
+        if not hits:
+            click.echo("  (no match)")
+        for rank, hit in enumerate(hits, 1):
+            click.echo(f"  {rank}. [{hit.score:.3f}] {style(hit.title, fg='cyan')} (id {hit.id})")
+            text = hit.text.replace("\n", " ")
+            click.echo(f"     {text[:200]}{'…' if len(text) > 200 else ''}")
 
 
 if __name__ == "__main__":

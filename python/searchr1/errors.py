@@ -7,7 +7,7 @@ The Rust core raises these same classes.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "PackError", "SearchR1Error"]
+__all__ = ["CorpusError", "IndexFormatError", "InputError", "PackError", "SearchR1Error"]
 
 
 class SearchR1Error(Exception):
@@ -20,3 +20,11 @@ class InputError(SearchR1Error, ValueError):
 
 class PackError(InputError):
     """A rollout cannot be packed into batch arrays (a prompt too long, a length mismatch)."""
+
+
+class CorpusError(InputError):
+    """A corpus file is malformed: the message names the file, the line and the problem."""
+
+
+class IndexFormatError(SearchR1Error):
+    """An index directory is incomplete, corrupt, of another version or mismatched."""

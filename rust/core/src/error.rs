@@ -1,5 +1,7 @@
 //! The errors of each core module; the Python binding maps them onto exceptions.
 
+use std::path::PathBuf;
+
 use thiserror::Error;
 
 /// Errors of tag scanning and stop checking.
@@ -46,4 +48,45 @@ pub enum PackError {
         position: usize,
         id: i64,
     },
+}
+
+/// Errors of reading a corpus.
+#[derive(Debug, Error)]
+pub enum CorpusError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}: {reason}", path.display())]
+    BadLine {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    #[error("{}:{line}: duplicate id {id:?} (an earlier line has the same id)", path.display())]
+    DuplicateId { path: PathBuf, line: u64, id: String },
+}
+
+/// Errors of building, opening or searching an index.
+#[derive(Debug, Error)]
+pub enum IndexError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Settings(String),
+    #[error("the index is corrupt or not a searchr1 index: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("tantivy: {0}")]
+    Tantivy(String),
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+}
+
+impl IndexError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        IndexError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }

@@ -4,17 +4,27 @@
 //!   parses it, and a streaming scanner for stop strings in text.
 //! * [`stop`]: stop checking on token ids for a batch of sequences decoded in lockstep,
 //!   so generation ends exactly at `</search>` or `</answer>` with nothing decoded.
+//! * [`corpus`], [`bm25`], [`index`]: the retriever — a streamed JSONL corpus, BM25
+//!   over tantivy scored as Lucene does with settable `k1` / `b`, batched search on
+//!   rayon, and an index directory with a manifest.
 //! * [`pack`]: multi-turn rollouts into batch arrays with the loss mask that hides
 //!   injected tokens (retrieved documents) from the loss.
 //!
 //! This crate has no Python dependency; `searchr1-python` binds it as `searchr1._core`.
 
+pub mod analysis;
+pub mod bm25;
+pub mod corpus;
 pub mod error;
+pub mod index;
 pub mod pack;
 pub mod stop;
 pub mod tags;
 
-pub use error::{PackError, TagError};
+pub use bm25::{Bm25Index, Bm25Settings, ScoredPassage};
+pub use corpus::{CorpusReader, Passage};
+pub use error::{CorpusError, IndexError, PackError, TagError};
+pub use index::{BuildOptions, IndexDir, Manifest};
 pub use pack::{pack, pack_into, PackBuffers, PackConfig, PackedBatch, Segment, Trajectory};
 pub use stop::{StopAutomaton, TokenStopChecker, CONTINUE};
 pub use tags::{parse_action, Action, ActionKind, StopScanner};

@@ -18,12 +18,21 @@ mod pool;
 
 pyo3::import_exception!(searchr1.errors, InputError);
 pyo3::import_exception!(searchr1.errors, PackError);
+pyo3::import_exception!(searchr1.errors, CorpusError);
+pyo3::import_exception!(searchr1.errors, IndexFormatError);
 
 /// Every error a binding function can raise, mapped onto Python exceptions in one place.
 enum Error {
     Tag(core::TagError),
     Pack(core::PackError),
+    Index(core::IndexError),
     Py(PyErr),
+}
+
+impl From<core::IndexError> for Error {
+    fn from(e: core::IndexError) -> Self {
+        Error::Index(e)
+    }
 }
 
 impl From<core::TagError> for Error {
@@ -49,6 +58,25 @@ impl From<Error> for PyErr {
         match e {
             Error::Tag(e) => InputError::new_err(e.to_string()),
             Error::Pack(e) => PackError::new_err(e.to_string()),
+            Error::Index(e) => {
+                use core::IndexError as E;
+                let msg = e.to_string();
+                match e {
+                    E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        pyo3::exceptions::PyFileNotFoundError::new_err(msg)
+                    }
+                    E::Io { .. } => pyo3::exceptions::PyOSError::new_err(msg),
+                    E::Corpus(core::CorpusError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        pyo3::exceptions::PyFileNotFoundError::new_err(msg)
+                    }
+                    E::Corpus(core::CorpusError::Io { .. }) => pyo3::exceptions::PyOSError::new_err(msg),
+                    E::Corpus(_) => CorpusError::new_err(msg),
+                    E::Settings(_) => InputError::new_err(msg),
+                    E::Corrupt(_) | E::Mismatch(_) | E::Tantivy(_) => IndexFormatError::new_err(msg),
+                }
+            }
             Error::Py(e) => e,
         }
     }
@@ -338,6 +366,81 @@ fn pack_trajectories<'py>(
     Ok(out)
 }
 
+/// Builds an index of `corpus` in `out`; returns the manifest as JSON text.
+#[pyfunction]
+#[pyo3(signature = (corpus, out, *, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+#[allow(clippy::too_many_arguments)]
+fn build_index(
+    py: Python<'_>,
+    corpus: std::path::PathBuf,
+    out: std::path::PathBuf,
+    k1: f32,
+    b: f32,
+    stem: bool,
+    stopwords: bool,
+    threads: Option<usize>,
+    memory_mb: usize,
+    skip_bad: bool,
+    progress: bool,
+) -> Result<String> {
+    let defaults = core::BuildOptions::default();
+    let options = core::BuildOptions {
+        bm25: Some(core::Bm25Settings {
+            k1,
+            b,
+            stem,
+            stopwords,
+        }),
+        threads: threads.unwrap_or(defaults.threads),
+        memory_budget: memory_mb << 20,
+        skip_bad,
+        progress,
+    };
+    let manifest = py.detach(|| core::index::build(&corpus, &out, &options))?;
+    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+}
+
+/// An opened index directory (BM25 for now).
+#[pyclass(frozen, module = "searchr1._core", name = "Index")]
+struct PyIndex(core::IndexDir);
+
+#[pymethods]
+impl PyIndex {
+    #[new]
+    fn new(py: Python<'_>, path: std::path::PathBuf) -> Result<Self> {
+        Ok(PyIndex(py.detach(|| core::IndexDir::open(&path))?))
+    }
+
+    /// The manifest, as JSON text.
+    #[getter]
+    fn manifest(&self) -> String {
+        serde_json::to_string(self.0.manifest()).expect("manifest serialises")
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.manifest().corpus.passages as usize
+    }
+
+    /// The terms `text` is indexed as.
+    fn analyze(&self, text: &str) -> Result<Vec<String>> {
+        Ok(self.0.bm25()?.analyze(text))
+    }
+
+    /// BM25 top `k` of each query: lists of `(id, score, contents)`, best first.
+    fn search_bm25(
+        &self,
+        py: Python<'_>,
+        queries: Vec<String>,
+        k: usize,
+    ) -> Result<Vec<Vec<(String, f32, String)>>> {
+        let hits = py.detach(|| self.0.search_bm25(&queries, k))?;
+        Ok(hits
+            .into_iter()
+            .map(|row| row.into_iter().map(|h| (h.id, h.score, h.contents)).collect())
+            .collect())
+    }
+}
+
 /// The Rust core of searchr1.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -347,5 +450,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenStopChecker>()?;
     m.add_function(wrap_pyfunction!(parse_action, m)?)?;
     m.add_function(wrap_pyfunction!(pack_trajectories, m)?)?;
+    m.add_function(wrap_pyfunction!(build_index, m)?)?;
+    m.add_class::<PyIndex>()?;
     Ok(())
 }
