@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_bm25
 import bench_pack
 import bench_stop
 from common import machine
@@ -20,6 +21,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "stop": bench_stop.main([]),
         "pack": bench_pack.main([]),
+        "bm25": bench_bm25.main([]),
     }
     out = Path("bench-results")
     out.mkdir(exist_ok=True)

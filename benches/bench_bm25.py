@@ -1,0 +1,199 @@
+"""BM25: searchr1's tantivy index vs bm25s, on the same corpus and queries, in one run.
+
+Corpus: synthetic passages of Zipf-distributed words (default 200,000 passages of
+40-160 words over a 60,000-word vocabulary), written once as Search-R1-format JSONL
+under ~/.cache/searchr1/bench. Queries: 1,000 of 3-8 words from the same distribution.
+Both sides use k1 = 0.9, b = 0.4 (Lucene's formula), English stop words, an English
+Snowball stemmer, and 2 threads where they can use threads. Each side runs in its own
+process, so its peak RSS is its own. Build time runs from the JSONL file to a ready
+index; bm25s's JSON loading is reported apart and left out of its build time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, report
+
+CACHE = Path(os.environ.get("SEARCHR1_BENCH_CACHE", Path.home() / ".cache/searchr1/bench"))
+
+
+def make_vocab(size: int, rng: np.random.Generator) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words: set[str] = set()
+    while len(words) < size:
+        n = int(rng.integers(3, 11))
+        words.add("".join(rng.choice(letters, n)))
+    return sorted(words)
+
+
+def zipf_ids(rng: np.random.Generator, vocab: int, n: int) -> np.ndarray:
+    """Word ids with a Zipf(1.1) law truncated to the vocabulary."""
+    ids = rng.zipf(1.1, n) - 1
+    bad = ids >= vocab
+    while bad.any():
+        ids[bad] = rng.zipf(1.1, int(bad.sum())) - 1
+        bad = ids >= vocab
+    return ids
+
+
+def corpus_and_queries(passages: int, queries: int, seed: int = 0) -> tuple[Path, list[str]]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"zipf-{passages}-{seed}.jsonl"
+    rng = np.random.default_rng(seed)
+    vocab = make_vocab(60_000, rng)
+    words = np.array(vocab)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            for start in range(0, passages, 10_000):
+                n = min(10_000, passages - start)
+                lengths = rng.integers(40, 161, n)
+                flat = words[zipf_ids(rng, len(vocab), int(lengths.sum()))]
+                pos = 0
+                for i, length in enumerate(lengths):
+                    body = " ".join(flat[pos : pos + length])
+                    pos += length
+                    title = " ".join(flat[pos - 3 : pos]).title()
+                    row = {"id": str(start + i), "contents": f'"{title}"\n{body}'}
+                    f.write(json.dumps(row) + "\n")
+        tmp.rename(path)
+    qrng = np.random.default_rng(seed + 1)
+    qs = [
+        " ".join(words[zipf_ids(qrng, len(vocab), int(qrng.integers(3, 9)))])
+        for _ in range(queries)
+    ]
+    return path, qs
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours(corpus: Path, queries: list[str], k: int, threads: int) -> dict[str, object]:
+    from searchr1 import Retriever
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        retriever = Retriever.build(corpus, Path(tmp) / "index", threads=threads, progress=False)
+        build = time.perf_counter() - start
+        retriever.search(queries[:50], k=k)  # warm the page cache of the index files
+        start = time.perf_counter()
+        hits = retriever.search(queries, k=k)
+        search = time.perf_counter() - start
+        return {
+            "build_s": build,
+            "qps": len(queries) / search,
+            "ids": [[h.id for h in row] for row in hits],
+            "rss_mb": peak_rss_mb(),
+        }
+
+
+def run_bm25s(corpus: Path, queries: list[str], k: int, threads: int) -> dict[str, object]:
+    import bm25s
+    import Stemmer
+
+    start = time.perf_counter()
+    ids, texts = [], []
+    with corpus.open() as f:
+        for line in f:
+            row = json.loads(line)
+            ids.append(row["id"])
+            texts.append(row["contents"])
+    load = time.perf_counter() - start
+    stemmer = Stemmer.Stemmer("english")
+    start = time.perf_counter()
+    tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+    model = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+    model.index(tokens, show_progress=False)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    q_tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False)
+    docs, _ = model.retrieve(q_tokens, k=k, n_threads=threads, show_progress=False)
+    search = time.perf_counter() - start
+    return {
+        "load_s": load,
+        "build_s": build,
+        "qps": len(queries) / search,
+        "ids": [[ids[d] for d in row] for row in docs.tolist()],
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def side(name: str, args: argparse.Namespace) -> dict[str, object]:
+    """Runs one side in a fresh process and returns its figures."""
+    cmd = [sys.executable, __file__, "--side", name, "--passages", str(args.passages)]
+    cmd += ["--queries", str(args.queries), "--k", str(args.k), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--passages", type=int, default=200_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--side", choices=["ours", "bm25s"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    corpus, queries = corpus_and_queries(args.passages, args.queries)
+    if args.side:
+        run = run_ours if args.side == "ours" else run_bm25s
+        print(json.dumps(run(corpus, queries, args.k, args.threads)))
+        return {}
+
+    ours = side("ours", args)
+    peer = side("bm25s", args)
+    overlap = np.mean(
+        [
+            len(set(a) & set(b)) / max(len(b), 1)
+            for a, b in zip(ours["ids"], peer["ids"], strict=True)  # type: ignore[call-overload]
+        ]
+    )
+    o_build, p_build = float(ours["build_s"]), float(peer["build_s"])  # type: ignore[arg-type]
+    o_qps, p_qps = float(ours["qps"]), float(peer["qps"])  # type: ignore[arg-type]
+    report(
+        f"BM25: {args.passages} passages, {args.queries} queries, top-{args.k}, "
+        f"{args.threads} threads ({machine()})",
+        [
+            ("build, searchr1 (from JSONL)", f"{o_build:8.2f} s"),
+            (
+                "build, bm25s (tokenize + index)",
+                f"{p_build:8.2f} s  (+{peer['load_s']:.2f} s JSON)",
+            ),
+            ("build speed-up", f"{p_build / o_build:8.1f}x"),
+            ("queries/s, searchr1 (batch)", f"{o_qps:8.0f}"),
+            ("queries/s, bm25s (batch)", f"{p_qps:8.0f}"),
+            ("query speed-up", f"{o_qps / p_qps:8.1f}x"),
+            ("peak RSS, searchr1 / bm25s", f"{ours['rss_mb']:.0f} MB / {peer['rss_mb']:.0f} MB"),
+            ("top-k overlap with bm25s", f"{overlap:8.2f} (tokenisers differ)"),
+        ],
+    )
+    return {
+        "build_s": o_build,
+        "bm25s_build_s": p_build,
+        "build_ratio": p_build / o_build,
+        "qps": o_qps,
+        "bm25s_qps": p_qps,
+        "qps_ratio": o_qps / p_qps,
+        "rss_mb": float(ours["rss_mb"]),  # type: ignore[arg-type]
+        "bm25s_rss_mb": float(peer["rss_mb"]),  # type: ignore[arg-type]
+        "overlap": float(overlap),
+    }
+
+
+if __name__ == "__main__":
+    main()
