@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import settings
+
+# No model hub here: transformers must never try to reach one.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.load_profile("ci")

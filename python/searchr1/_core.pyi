@@ -9,10 +9,13 @@ import numpy.typing as npt
 
 __all__ = [
     "Action",
+    "CorpusBatches",
+    "DenseWriter",
     "Index",
     "StopScanner",
     "TokenStopChecker",
     "__version__",
+    "add_dense",
     "build_index",
     "pack_trajectories",
     "parse_action",
@@ -114,6 +117,7 @@ def build_index(
     corpus: PathLike[str] | str,
     out: PathLike[str] | str,
     *,
+    bm25: bool = True,
     k1: float = 0.9,
     b: float = 0.4,
     stem: bool = True,
@@ -138,3 +142,41 @@ class Index:
         """The terms ``text`` is indexed as."""
     def search_bm25(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float, str]]]:
         """BM25 top ``k`` of each query: ``(id, score, contents)``, best first."""
+    @property
+    def dense_dim(self) -> int | None:
+        """Dimensions of the dense vectors, or ``None`` without them."""
+    def search_dense(
+        self, queries: npt.NDArray[np.float32], k: int
+    ) -> list[list[tuple[str, float, str]]]:
+        """Exact inner-product top ``k`` for each query vector (float32 ``[n, dim]``)."""
+
+@final
+class DenseWriter:
+    """Writes passages and their vectors into an index's ``dense`` directory."""
+
+    def __new__(cls, dir: PathLike[str] | str, dim: int, dtype: str) -> DenseWriter: ...
+    def add(
+        self, ids: Sequence[str], contents: Sequence[str], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        """Appends passages with their vectors (float32, shape ``[n, dim]``)."""
+    @property
+    def rows(self) -> int:
+        """Rows written so far."""
+    def finish(self) -> int:
+        """Flushes the files; returns the number of rows."""
+
+def add_dense(dir: PathLike[str] | str, dim: int, dtype: str, rows: int, encoder: str) -> str:
+    """Records the dense vectors of the index ``dir`` in its manifest; returns it as JSON."""
+
+@final
+class CorpusBatches:
+    """Reads a corpus in batches of ``(id, contents)`` pairs."""
+
+    def __new__(
+        cls, path: PathLike[str] | str, batch_size: int = 1024, skip_bad: bool = False
+    ) -> CorpusBatches: ...
+    def __iter__(self) -> CorpusBatches: ...
+    def __next__(self) -> list[tuple[str, str]]: ...
+    @property
+    def skipped(self) -> int:
+        """Malformed lines skipped so far."""

@@ -63,6 +63,21 @@ def parse_action_cmd(text: str | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="New index directory (must not exist or be empty).",
 )
+@click.option("--bm25/--no-bm25", default=True, show_default=True, help="Build the BM25 index.")
+@click.option(
+    "--dense-model",
+    type=click.Path(path_type=Path),
+    help="transformers model directory: also build dense vectors (e.g. e5-base-v2).",
+)
+@click.option(
+    "--dtype",
+    default="f32",
+    show_default=True,
+    type=click.Choice(["f32", "f16"]),
+    help="How dense vectors are stored.",
+)
+@click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
+@click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")
 @click.option("--k1", default=0.9, show_default=True, help="BM25 term-frequency saturation.")
 @click.option("--b", "b", default=0.4, show_default=True, help="BM25 length normalisation.")
 @click.option("--stem/--no-stem", default=True, show_default=True, help="Porter2 stemming.")
@@ -80,6 +95,11 @@ def parse_action_cmd(text: str | None) -> None:
 def index_cmd(
     corpus: Path,
     out: Path,
+    bm25: bool,
+    dense_model: Path | None,
+    dtype: str,
+    batch_size: int,
+    device: str | None,
     k1: float,
     b: float,
     stem: bool,
@@ -89,15 +109,19 @@ def index_cmd(
     skip_bad: bool,
     quiet: bool,
 ) -> None:
-    """Build a BM25 index of a passage corpus.
+    """Build a BM25 (and optionally dense) index of a passage corpus.
 
     The corpus is streamed, never held in memory whole. A malformed line stops the build
     with the file, line number and problem (or is skipped with --skip-bad); a repeated id
     is always an error. Scores follow Lucene's BM25 with pyserini's defaults.
+    With --dense-model, passages are also encoded (mean or CLS pooling, e5 prefixes
+    when the model is an e5) and searched exactly by inner product.
 
     \b
     Example:
       searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18
+      searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18-e5 \\
+        --dense-model models/e5-base-v2 --dtype f16
     """
     from searchr1.retrieval import Retriever
 
@@ -106,6 +130,11 @@ def index_cmd(
         retriever = Retriever.build(
             corpus,
             out,
+            bm25=bm25,
+            dense_model=dense_model,
+            dtype=dtype,
+            batch_size=batch_size,
+            device=device,
             k1=k1,
             b=b,
             stem=stem,
@@ -136,13 +165,20 @@ def index_cmd(
     "-k", "k", default=3, show_default=True, type=click.IntRange(0), help="Hits per query."
 )
 @click.option(
-    "--mode", default="bm25", show_default=True, type=click.Choice(["bm25"]), help="Search method."
+    "--mode",
+    default="bm25",
+    show_default=True,
+    type=click.Choice(["bm25", "dense", "hybrid"]),
+    help="BM25, dense (exact inner product), or hybrid (reciprocal rank fusion).",
 )
+@click.option("--device", help="Encoder device for dense and hybrid search.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print Search-R1's /retrieve response format."
 )
 @click.argument("queries", nargs=-1, required=True)
-def search_cmd(index_dir: Path, k: int, mode: str, as_json: bool, queries: tuple[str, ...]) -> None:
+def search_cmd(
+    index_dir: Path, k: int, mode: str, device: str | None, as_json: bool, queries: tuple[str, ...]
+) -> None:
     """Search an index for each QUERY and print the best passages.
 
     \b
@@ -152,7 +188,7 @@ def search_cmd(index_dir: Path, k: int, mode: str, as_json: bool, queries: tuple
     from searchr1.retrieval import Retriever
 
     with _user_errors():
-        retriever = Retriever.open(index_dir)
+        retriever = Retriever.open(index_dir, device=device)
         results = retriever.search(list(queries), k=k, mode=mode)
     if as_json:
         body = {"result": [[h.to_search_r1() for h in row] for row in results]}

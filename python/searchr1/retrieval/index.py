@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from searchr1 import _core
-from searchr1.errors import InputError
+from searchr1.errors import IndexFormatError, InputError
+
+if TYPE_CHECKING:
+    from searchr1.retrieval.encoder import Encoder
 
 __all__ = ["MODES", "Hit", "Retriever"]
 
-#: Search modes an index may support.
-MODES = ("bm25",)
+#: Search modes an index may support: hybrid needs both BM25 and dense vectors.
+MODES = ("bm25", "dense", "hybrid")
+#: The constant of reciprocal rank fusion: score = sum of weight / (RRF_K + rank).
+RRF_K = 60
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,16 @@ class Retriever:
     GIL released. An index is safe to search from several threads at once.
     """
 
-    def __init__(self, index: _core.Index, path: Path) -> None:
+    def __init__(
+        self, index: _core.Index, path: Path, device: str | None = None, cache_size: int = 0
+    ) -> None:
         self._index = index
         self.path = path
         self.manifest: dict[str, Any] = json.loads(index.manifest)
+        self._device = device
+        self._encoder: Encoder | None = None
+        self._cache: OrderedDict[tuple[str, int, str], list[Hit]] = OrderedDict()
+        self.cache_size = cache_size
 
     @classmethod
     def build(
@@ -74,10 +87,17 @@ class Retriever:
         out: str | Path,
         *,
         bm25: bool = True,
+        dense_model: str | Path | None = None,
         k1: float = 0.9,
         b: float = 0.4,
         stem: bool = True,
         stopwords: bool = True,
+        dtype: str = "f32",
+        pooling: str | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
         threads: int | None = None,
         memory_mb: int = 512,
         skip_bad: bool = False,
@@ -90,15 +110,22 @@ class Retriever:
         line, unless ``skip_bad`` (then it is skipped and counted in the manifest).
         BM25 defaults are pyserini's (``k1=0.9``, ``b=0.4``), with English stop words
         and Porter2 stemming. ``threads`` indexing threads share ``memory_mb``.
-        ``progress`` draws a bar on standard error (default: when it is a terminal).
+
+        ``dense_model`` (a transformers model directory) adds dense vectors, stored as
+        ``dtype`` ("f32" or "f16"); pooling and prefixes default to what suits the model
+        (see :meth:`EncoderConfig.for_model`). ``progress`` draws bars on standard error
+        (default: when it is a terminal). A failed build leaves nothing behind.
         """
-        if not bm25:
-            raise InputError("nothing to build: bm25=False and no other method is available yet")
+        if not bm25 and dense_model is None:
+            raise InputError("nothing to build: enable bm25 or give a dense_model")
         if progress is None:
             progress = sys.stderr.isatty()
+        out = Path(out)
+        existed = out.exists()
         _core.build_index(
             Path(corpus),
-            Path(out),
+            out,
+            bm25=bm25,
             k1=k1,
             b=b,
             stem=stem,
@@ -108,22 +135,88 @@ class Retriever:
             skip_bad=skip_bad,
             progress=progress,
         )
-        return cls.open(out)
+        if dense_model is not None:
+            try:
+                overrides = {
+                    "pooling": pooling,
+                    "query_prefix": query_prefix,
+                    "passage_prefix": passage_prefix,
+                }
+                cls._build_dense(
+                    Path(corpus),
+                    out,
+                    dense_model,
+                    dtype,
+                    batch_size,
+                    device,
+                    skip_bad,
+                    progress,
+                    overrides,
+                )
+            except BaseException:
+                if existed:
+                    for child in out.iterdir():
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+                else:
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+        return cls.open(out, device=device)
+
+    @staticmethod
+    def _build_dense(
+        corpus: Path,
+        out: Path,
+        model: str | Path,
+        dtype: str,
+        batch_size: int,
+        device: str | None,
+        skip_bad: bool,
+        progress: bool,
+        overrides: dict[str, str | None],
+    ) -> None:
+        from searchr1.retrieval.encoder import Encoder, EncoderConfig
+
+        config = EncoderConfig.for_model(
+            model, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        encoder = Encoder(config, device=device, batch_size=batch_size)
+        writer = _core.DenseWriter(out / "dense", encoder.dim, dtype)
+        total = json.loads(_core.Index(out).manifest)["corpus"]["passages"]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="encoding", unit="passage", file=sys.stderr)
+        for batch in _core.CorpusBatches(corpus, batch_size * 16, skip_bad):
+            ids = [i for i, _ in batch]
+            contents = [c for _, c in batch]
+            writer.add(ids, contents, encoder.encode(contents, kind="passage"))
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        rows = writer.finish()
+        _core.add_dense(out, encoder.dim, dtype, rows, config.to_json())
 
     @classmethod
-    def open(cls, path: str | Path) -> Retriever:
+    def open(cls, path: str | Path, device: str | None = None, cache_size: int = 0) -> Retriever:
         """Opens the index directory ``path`` (memory-mapped; fast for any size).
 
         Raises :class:`~searchr1.errors.IndexFormatError` for a directory that is not a
-        complete searchr1 index of a version this package reads.
+        complete searchr1 index of a version this package reads. The dense encoder is
+        loaded on ``device`` at the first dense or hybrid search. ``cache_size`` keeps
+        the results of that many recent (query, k, mode) in an LRU cache.
         """
         path = Path(path)
-        return cls(_core.Index(path), path)
+        return cls(_core.Index(path), path, device=device, cache_size=cache_size)
 
     @property
     def modes(self) -> tuple[str, ...]:
         """The search modes this index supports."""
-        return tuple(m for m in MODES if self.manifest.get(m))
+        have = {m for m in ("bm25", "dense") if self.manifest.get(m)}
+        if have == {"bm25", "dense"}:
+            have.add("hybrid")
+        return tuple(m for m in MODES if m in have)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -135,14 +228,84 @@ class Retriever:
         """The BM25 terms ``text`` is indexed and searched as."""
         return self._index.analyze(text)
 
-    def search(self, queries: Sequence[str], k: int = 3, mode: str = "bm25") -> list[list[Hit]]:
-        """The best ``k`` passages for each query, best first: one list per query."""
+    @property
+    def encoder(self) -> Encoder:
+        """The dense encoder recorded in the manifest (loaded on first use)."""
+        if self._encoder is None:
+            from searchr1.retrieval.encoder import Encoder, EncoderConfig
+
+            dense = self.manifest.get("dense")
+            if not dense:
+                raise InputError(f"{self.path} has no dense vectors")
+            encoder = Encoder(EncoderConfig(**dense["encoder"]), device=self._device)
+            if encoder.dim != dense["dim"]:
+                raise IndexFormatError(
+                    f"{self.path}: the index holds {dense['dim']}-d vectors but the encoder "
+                    f"{dense['encoder']['model']!r} makes {encoder.dim}-d ones"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 3,
+        mode: str = "bm25",
+        weights: tuple[float, float] = (1.0, 1.0),
+    ) -> list[list[Hit]]:
+        """The best ``k`` passages for each query, best first: one list per query.
+
+        ``mode``: "bm25", "dense" (exact inner product of normalised vectors) or
+        "hybrid" (reciprocal rank fusion of both, with ``weights`` for BM25 and dense;
+        the hit score is then the fused score).
+        """
         queries = _check_queries(queries)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise InputError(f"k must be a non-negative integer, got {k!r}")
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode not in self.modes:
-            raise InputError(f"{self.path} has no {mode} index")
-        rows = self._index.search_bm25(queries, k)
+            raise InputError(f"{self.path} cannot search in {mode} mode (it has: {self.modes})")
+        if not self.cache_size:
+            return self._search(queries, k, mode, weights)
+        keys = [(mode, k, q) for q in queries]
+        missing = list(dict.fromkeys(q for q in queries if (mode, k, q) not in self._cache))
+        for q, hits in zip(missing, self._search(missing, k, mode, weights), strict=True):
+            self._cache[(mode, k, q)] = hits
+        out = []
+        for key in keys:
+            self._cache.move_to_end(key)
+            out.append(self._cache[key])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def _search(
+        self, queries: list[str], k: int, mode: str, weights: tuple[float, float]
+    ) -> list[list[Hit]]:
+        if not queries:
+            return []
+        if mode == "bm25":
+            rows = self._index.search_bm25(queries, k)
+        elif mode == "dense":
+            rows = self._index.search_dense(self.encoder.encode(queries), k)
+        else:
+            depth = max(5 * k, 50)
+            sparse = self._index.search_bm25(queries, depth)
+            dense = self._index.search_dense(self.encoder.encode(queries), depth)
+            return [_fuse([s, d], weights, k) for s, d in zip(sparse, dense, strict=True)]
         return [[Hit(i, s, c) for i, s, c in row] for row in rows]
+
+
+def _fuse(
+    ranked: list[list[tuple[str, float, str]]], weights: tuple[float, ...], k: int
+) -> list[Hit]:
+    """Reciprocal rank fusion of ranked lists; ties go to the earlier-listed passage."""
+    scores: dict[str, float] = {}
+    contents: dict[str, str] = {}
+    for weight, hits in zip(weights, ranked, strict=True):
+        for rank, (pid, _, text) in enumerate(hits, 1):
+            scores[pid] = scores.get(pid, 0.0) + weight / (RRF_K + rank)
+            contents.setdefault(pid, text)
+    best = sorted(scores.items(), key=lambda item: -item[1])[:k]
+    return [Hit(pid, score, contents[pid]) for pid, score in best]

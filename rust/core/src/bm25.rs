@@ -12,8 +12,7 @@
 //! where `|d|` is the document length after the same lossy one-byte encoding Lucene
 //! applies to norms (tantivy's field norms use the same table), and `avgdl` is exact.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -31,6 +30,7 @@ use tantivy::{DocId, Index, IndexReader, ReloadPolicy, TantivyDocument, Term, TE
 use crate::analysis::CachedStemmer;
 use crate::corpus::Passage;
 use crate::error::IndexError;
+use crate::topk::{Scored, TopK};
 
 const TOKENIZER: &str = "searchr1_en";
 /// A build leaves at most this many segments.
@@ -425,10 +425,9 @@ fn top_k(
             if alive.is_some_and(|a| !a.is_alive(doc)) {
                 continue;
             }
-            best.push(Candidate {
+            best.push(Scored {
                 score,
-                segment: ord as u32,
-                doc,
+                key: ((ord as u64) << 32) | doc as u64,
             });
         }
         scratch.touched.clear();
@@ -436,67 +435,8 @@ fn top_k(
     Ok(best
         .into_sorted()
         .into_iter()
-        .map(|c| (c.score, c.segment, c.doc))
+        .map(|c| (c.score, (c.key >> 32) as u32, c.key as u32))
         .collect())
-}
-
-/// A candidate hit; greater is better: higher score, then earlier document.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Candidate {
-    score: f32,
-    segment: u32,
-    doc: DocId,
-}
-
-impl Eq for Candidate {}
-
-impl Ord for Candidate {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| (other.segment, other.doc).cmp(&(self.segment, self.doc)))
-    }
-}
-
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// The best `k` candidates seen, in a min-heap: most candidates lose to the root.
-struct TopK {
-    k: usize,
-    heap: BinaryHeap<Reverse<Candidate>>,
-}
-
-impl TopK {
-    fn new(k: usize) -> Self {
-        TopK {
-            k,
-            heap: BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, cand: Candidate) {
-        if self.heap.len() < self.k {
-            self.heap.push(Reverse(cand));
-        } else if let Some(mut root) = self.heap.peek_mut() {
-            if cand > root.0 {
-                *root = Reverse(cand);
-            }
-        }
-    }
-
-    /// Best first.
-    fn into_sorted(self) -> Vec<Candidate> {
-        self.heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Reverse(c)| c)
-            .collect()
-    }
 }
 
 #[cfg(test)]

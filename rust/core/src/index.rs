@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bm25::{Bm25Index, Bm25Settings, ScoredPassage};
 use crate::corpus::CorpusReader;
+use crate::dense::{DenseSettings, FlatIndex};
 use crate::error::IndexError;
 
 /// The `format` field of every manifest.
@@ -26,6 +27,8 @@ pub const FORMAT: &str = "searchr1-index";
 pub const VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 const BM25_DIR: &str = "bm25";
+/// Where dense vectors and their passages live inside an index directory.
+pub const DENSE_DIR: &str = "dense";
 
 /// Where the passages came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,12 +48,15 @@ pub struct Manifest {
     pub created_by: String,
     pub corpus: CorpusInfo,
     pub bm25: Option<Bm25Settings>,
+    #[serde(default)]
+    pub dense: Option<DenseSettings>,
 }
 
 /// How to build an index.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// BM25 settings; `None` builds no BM25 index.
+    /// BM25 settings; `None` builds no BM25 index (the corpus is still read through,
+    /// counted and checksummed: dense vectors are added afterwards from Python).
     pub bm25: Option<Bm25Settings>,
     /// Indexing threads.
     pub threads: usize,
@@ -125,35 +131,46 @@ pub fn build(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manife
 }
 
 fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manifest, IndexError> {
-    let Some(bm25) = options.bm25 else {
-        return Err(IndexError::Settings(
-            "nothing to build: enable BM25 (dense vectors are built from Python)".into(),
-        ));
-    };
-    bm25.validate()?;
+    if let Some(bm25) = &options.bm25 {
+        bm25.validate()?;
+    }
     let total = std::fs::metadata(corpus)
         .map_err(|e| IndexError::io(corpus, e))?
         .len();
     let mut reader = CorpusReader::open(corpus, options.skip_bad)?;
     let bar = progress_bar(options.progress, total);
     let started = std::time::Instant::now();
-    let stats = {
-        let checksum = reader.checksum_handle();
-        let passages = reader.by_ref().map(|p| p.map_err(IndexError::from));
-        Bm25Index::build(
-            &out.join(BM25_DIR),
-            passages,
-            bm25,
-            options.threads,
-            options.memory_budget,
-            |n| {
-                if n % 4096 == 0 {
-                    bar.set_position(checksum.bytes());
-                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_message(format!("{n} passages, {rate:.0}/s"));
-                }
-            },
-        )?
+    let checksum = reader.checksum_handle();
+    let on_passage = |n: u64| {
+        if n.is_multiple_of(4096) {
+            bar.set_position(checksum.bytes());
+            let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{n} passages, {rate:.0}/s"));
+        }
+    };
+    let passages = match options.bm25 {
+        Some(bm25) => {
+            let stream = reader.by_ref().map(|p| p.map_err(IndexError::from));
+            Bm25Index::build(
+                &out.join(BM25_DIR),
+                stream,
+                bm25,
+                options.threads,
+                options.memory_budget,
+                on_passage,
+            )?
+            .passages
+        }
+        None => {
+            std::fs::create_dir_all(out).map_err(|e| IndexError::io(out, e))?;
+            let mut n = 0u64;
+            for passage in reader.by_ref() {
+                passage?;
+                n += 1;
+                on_passage(n);
+            }
+            n
+        }
     };
     bar.finish_and_clear();
     let sum = reader.checksum();
@@ -165,12 +182,28 @@ fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manif
             path: corpus.display().to_string(),
             crc32: sum.crc32,
             bytes: sum.bytes,
-            passages: stats.passages,
+            passages,
             skipped_lines: reader.skipped(),
         },
-        bm25: Some(bm25),
+        bm25: options.bm25,
+        dense: None,
     };
     write_manifest(out, &manifest)?;
+    Ok(manifest)
+}
+
+/// Records the dense vectors written in `dir/dense` in the manifest of the index `dir`.
+pub fn add_dense(dir: &Path, dense: DenseSettings) -> Result<Manifest, IndexError> {
+    let mut manifest = read_manifest(dir)?;
+    if dense.rows != manifest.corpus.passages {
+        return Err(IndexError::Settings(format!(
+            "{} vectors for a corpus of {} passages",
+            dense.rows, manifest.corpus.passages
+        )));
+    }
+    FlatIndex::open(&dir.join(DENSE_DIR), dense.clone())?;
+    manifest.dense = Some(dense);
+    write_manifest(dir, &manifest)?;
     Ok(manifest)
 }
 
@@ -228,6 +261,7 @@ pub struct IndexDir {
     path: PathBuf,
     manifest: Manifest,
     bm25: Option<Bm25Index>,
+    dense: Option<FlatIndex>,
 }
 
 impl IndexDir {
@@ -256,10 +290,15 @@ impl IndexDir {
                 )));
             }
         }
+        let dense = match &manifest.dense {
+            Some(settings) => Some(FlatIndex::open(&dir.join(DENSE_DIR), settings.clone())?),
+            None => None,
+        };
         Ok(IndexDir {
             path: dir.to_owned(),
             manifest,
             bm25,
+            dense,
         })
     }
 
@@ -279,6 +318,34 @@ impl IndexDir {
                 self.path.display()
             ))
         })
+    }
+
+    /// The dense index, or an error saying this index has none.
+    pub fn dense(&self) -> Result<&FlatIndex, IndexError> {
+        self.dense.as_ref().ok_or_else(|| {
+            IndexError::Settings(format!(
+                "{} has no dense vectors; build it with a dense model",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Exact inner-product search with query vectors (`n × dim`, row-major).
+    pub fn search_dense(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
+        let dense = self.dense()?;
+        dense
+            .search(queries, k)?
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|(r, score)| {
+                        dense
+                            .passage(r)
+                            .map(|(id, contents)| ScoredPassage { id, score, contents })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// BM25 search; see [`Bm25Index::search`].

@@ -15,11 +15,14 @@
 pub mod analysis;
 pub mod bm25;
 pub mod corpus;
+pub mod dense;
+pub mod docstore;
 pub mod error;
 pub mod index;
 pub mod pack;
 pub mod stop;
 pub mod tags;
+pub mod topk;
 
 pub use bm25::{Bm25Index, Bm25Settings, ScoredPassage};
 pub use corpus::{CorpusReader, Passage};

@@ -368,12 +368,13 @@ fn pack_trajectories<'py>(
 
 /// Builds an index of `corpus` in `out`; returns the manifest as JSON text.
 #[pyfunction]
-#[pyo3(signature = (corpus, out, *, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+#[pyo3(signature = (corpus, out, *, bm25 = true, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
 #[allow(clippy::too_many_arguments)]
 fn build_index(
     py: Python<'_>,
     corpus: std::path::PathBuf,
     out: std::path::PathBuf,
+    bm25: bool,
     k1: f32,
     b: f32,
     stem: bool,
@@ -385,7 +386,7 @@ fn build_index(
 ) -> Result<String> {
     let defaults = core::BuildOptions::default();
     let options = core::BuildOptions {
-        bm25: Some(core::Bm25Settings {
+        bm25: bm25.then_some(core::Bm25Settings {
             k1,
             b,
             stem,
@@ -400,7 +401,116 @@ fn build_index(
     Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
 }
 
-/// An opened index directory (BM25 for now).
+/// Writes passages and their vectors into `dir` (an index's `dense` directory).
+#[pyclass(module = "searchr1._core", name = "DenseWriter")]
+struct PyDenseWriter(Option<core::dense::DenseWriter>);
+
+impl PyDenseWriter {
+    fn writer(&mut self) -> Result<&mut core::dense::DenseWriter> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| Error::Py(InputError::new_err("this DenseWriter is finished")))
+    }
+}
+
+#[pymethods]
+impl PyDenseWriter {
+    #[new]
+    fn new(dir: std::path::PathBuf, dim: usize, dtype: &str) -> Result<Self> {
+        let dtype = core::dense::DType::parse(dtype)?;
+        Ok(PyDenseWriter(Some(core::dense::DenseWriter::create(
+            &dir, dim, dtype,
+        )?)))
+    }
+
+    /// Appends passages with their vectors (float32, shape `[n, dim]`).
+    fn add(
+        &mut self,
+        py: Python<'_>,
+        ids: Vec<String>,
+        contents: Vec<String>,
+        vectors: numpy::PyReadonlyArray2<'_, f32>,
+    ) -> Result<()> {
+        let flat: Vec<f32> = match vectors.as_slice() {
+            Ok(s) => s.to_vec(),
+            Err(_) => vectors.as_array().iter().copied().collect(),
+        };
+        let writer = self.writer()?;
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
+        py.detach(|| writer.add(&ids, &contents, &flat))?;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    #[getter]
+    fn rows(&mut self) -> Result<usize> {
+        Ok(self.writer()?.rows())
+    }
+
+    /// Flushes the files; returns the number of rows.
+    fn finish(&mut self) -> Result<u64> {
+        self.writer()?;
+        let writer = self.0.take().expect("checked above");
+        Ok(writer.finish()?)
+    }
+}
+
+/// Records the dense vectors of the index `dir` in its manifest; returns it as JSON.
+#[pyfunction]
+fn add_dense(dir: std::path::PathBuf, dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<String> {
+    let encoder: serde_json::Value = serde_json::from_str(encoder)
+        .map_err(|e| Error::Py(InputError::new_err(format!("encoder settings are not JSON: {e}"))))?;
+    let settings = core::dense::DenseSettings {
+        dim,
+        dtype: core::dense::DType::parse(dtype)?,
+        rows,
+        encoder,
+    };
+    let manifest = core::index::add_dense(&dir, settings)?;
+    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+}
+
+/// Reads a corpus in batches of `(id, contents)` pairs.
+#[pyclass(unsendable, module = "searchr1._core", name = "CorpusBatches")]
+struct PyCorpusBatches {
+    reader: core::CorpusReader,
+    batch_size: usize,
+}
+
+#[pymethods]
+impl PyCorpusBatches {
+    #[new]
+    #[pyo3(signature = (path, batch_size = 1024, skip_bad = false))]
+    fn new(path: std::path::PathBuf, batch_size: usize, skip_bad: bool) -> Result<Self> {
+        let reader = core::CorpusReader::open(&path, skip_bad).map_err(core::IndexError::from)?;
+        Ok(PyCorpusBatches {
+            reader,
+            batch_size: batch_size.max(1),
+        })
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self) -> Result<Option<Vec<(String, String)>>> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        for passage in self.reader.by_ref().take(self.batch_size) {
+            let p = passage.map_err(core::IndexError::from)?;
+            batch.push((p.id, p.contents));
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+
+    /// Malformed lines skipped so far.
+    #[getter]
+    fn skipped(&self) -> u64 {
+        self.reader.skipped()
+    }
+}
+
+/// An opened index directory.
 #[pyclass(frozen, module = "searchr1._core", name = "Index")]
 struct PyIndex(core::IndexDir);
 
@@ -424,6 +534,37 @@ impl PyIndex {
     /// The terms `text` is indexed as.
     fn analyze(&self, text: &str) -> Result<Vec<String>> {
         Ok(self.0.bm25()?.analyze(text))
+    }
+
+    /// Dimensions of the dense vectors, or `None` without them.
+    #[getter]
+    fn dense_dim(&self) -> Option<usize> {
+        self.0.dense().ok().map(|d| d.dim())
+    }
+
+    /// Exact inner-product top `k` for each query vector (float32 `[n, dim]`).
+    fn search_dense(
+        &self,
+        py: Python<'_>,
+        queries: numpy::PyReadonlyArray2<'_, f32>,
+        k: usize,
+    ) -> Result<Vec<Vec<(String, f32, String)>>> {
+        let dim = self.0.dense()?.dim();
+        if queries.shape()[1] != dim {
+            return Err(Error::Py(InputError::new_err(format!(
+                "query vectors have {} dimensions; the index has {dim}",
+                queries.shape()[1]
+            ))));
+        }
+        let flat: Vec<f32> = match queries.as_slice() {
+            Ok(s) => s.to_vec(),
+            Err(_) => queries.as_array().iter().copied().collect(),
+        };
+        let hits = py.detach(|| self.0.search_dense(&flat, k))?;
+        Ok(hits
+            .into_iter()
+            .map(|row| row.into_iter().map(|h| (h.id, h.score, h.contents)).collect())
+            .collect())
     }
 
     /// BM25 top `k` of each query: lists of `(id, score, contents)`, best first.
@@ -452,5 +593,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_trajectories, m)?)?;
     m.add_function(wrap_pyfunction!(build_index, m)?)?;
     m.add_class::<PyIndex>()?;
+    m.add_class::<PyDenseWriter>()?;
+    m.add_class::<PyCorpusBatches>()?;
+    m.add_function(wrap_pyfunction!(add_dense, m)?)?;
     Ok(())
 }

@@ -1,0 +1,118 @@
+"""Text encoders for dense retrieval, on transformers.
+
+An :class:`Encoder` turns queries and passages into L2-normalised float32 vectors with
+a transformers ``AutoModel``: mean or CLS pooling over the last hidden state, optional
+prefixes (e5 wants ``"query: "`` / ``"passage: "``), batched, in bf16/fp16 on a GPU.
+torch and transformers are imported only when an encoder is created.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from searchr1.errors import InputError
+
+__all__ = ["Encoder", "EncoderConfig"]
+
+Pooling = Literal["mean", "cls"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What an index records about its encoder, so queries are encoded the same way."""
+
+    model: str = field(metadata={"help": "Model directory (or hub name) for AutoModel."})
+    pooling: Pooling = field(default="mean", metadata={"help": "mean or cls pooling."})
+    query_prefix: str = field(default="", metadata={"help": 'Prepended to queries ("query: ").'})
+    passage_prefix: str = field(
+        default="", metadata={"help": 'Prepended to passages ("passage: ").'}
+    )
+    max_length: int = field(default=256, metadata={"help": "Tokens kept per text."})
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "cls"):
+            raise InputError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
+        if self.max_length < 1:
+            raise InputError(f"max_length must be positive, not {self.max_length}")
+
+    @classmethod
+    def for_model(cls, model: str | Path, **overrides: Any) -> EncoderConfig:
+        """Settings that suit ``model``: e5 prefixes for e5 models, and the pooling a
+        sentence-transformers model declares in ``1_Pooling/config.json``."""
+        path = Path(model)
+        settings: dict[str, Any] = {"model": str(model)}
+        if "e5" in path.name.lower():
+            settings.update(query_prefix="query: ", passage_prefix="passage: ")
+        pooling_file = path / "1_Pooling" / "config.json"
+        if pooling_file.is_file():
+            declared = json.loads(pooling_file.read_text())
+            if declared.get("pooling_mode_cls_token"):
+                settings["pooling"] = "cls"
+        settings.update(overrides)
+        return cls(**settings)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+class Encoder:
+    """Encodes texts into L2-normalised float32 vectors (``[n, dim]``)."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # noise in a CLI
+        self.config = config
+        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            model = AutoModel.from_pretrained(config.model, dtype=getattr(torch, dtype))
+        except OSError as e:
+            raise InputError(f"cannot load the encoder model {config.model!r}: {e}") from e
+        self.model = model.to(self.device).eval()
+        self.dim: int = int(self.model.config.hidden_size)
+
+    def encode(
+        self, texts: list[str], kind: Literal["query", "passage"] = "query"
+    ) -> npt.NDArray[np.float32]:
+        """Vectors of ``texts`` (queries or passages), shape ``[len(texts), dim]``."""
+        import torch
+
+        prefix = self.config.query_prefix if kind == "query" else self.config.passage_prefix
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                chunk = [prefix + t for t in texts[start : start + self.batch_size]]
+                batch = self.tokenizer(
+                    chunk,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.config.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**batch).last_hidden_state.float()
+                if self.config.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[start : start + len(chunk)] = pooled.cpu().numpy()
+        return out

