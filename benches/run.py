@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_bm25
+import bench_dense
 import bench_pack
 import bench_stop
 from common import machine
@@ -22,6 +23,7 @@ def main() -> None:
         "stop": bench_stop.main([]),
         "pack": bench_pack.main([]),
         "bm25": bench_bm25.main([]),
+        "dense": bench_dense.main([]),
     }
     out = Path("bench-results")
     out.mkdir(exist_ok=True)

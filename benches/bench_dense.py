@@ -1,0 +1,159 @@
+"""Dense exact search: searchr1's memory-mapped flat index vs faiss IndexFlatIP, one run.
+
+Vectors: 200,000 x 384 float32, L2-normalised, drawn around 1,000 random centres (so
+neighbourhoods exist, as with real embeddings); 1,000 queries from the same law; top-10;
+2 threads each. The time is the search of the whole batch of query vectors, encoding
+excluded on both sides. Each side runs in its own process (peak RSS is its own). Also:
+the open time of a 1,000,000-vector index in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, report
+
+
+def vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, dim), dtype=np.float32)
+    x = centres[rng.integers(0, 1000, n)] + 0.5 * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def write_index(out: Path, base: np.ndarray, dtype: str = "f32") -> None:
+    """An index directory holding `base` as dense vectors (passages are empty)."""
+    from searchr1 import _core
+
+    corpus = out.parent / "corpus.jsonl"
+    with corpus.open("w") as f:
+        f.writelines(f'{{"id": "{i}", "contents": ""}}\n' for i in range(len(base)))
+    _core.build_index(corpus, out, bm25=False)
+    writer = _core.DenseWriter(out / "dense", base.shape[1], dtype)
+    step = 100_000
+    for s in range(0, len(base), step):
+        chunk = base[s : s + step]
+        ids = [str(i) for i in range(s, s + len(chunk))]
+        writer.add(ids, [""] * len(chunk), chunk)
+    rows = writer.finish()
+    _core.add_dense(out, base.shape[1], dtype, rows, json.dumps({"model": "synthetic"}))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_side(name: str, n: int, dim: int, queries: int, k: int, threads: int) -> dict[str, object]:
+    base = vectors(n, dim, 0)
+    q = vectors(queries, dim, 1)
+    if name == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        index = faiss.IndexFlatIP(dim)
+        index.add(base)
+        index.search(q[:10], k)
+        start = time.perf_counter()
+        _, ids = index.search(q, k)
+        elapsed = time.perf_counter() - start
+        top = ids.tolist()
+    else:
+        from searchr1 import _core
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "idx"
+            write_index(out, base)
+            del base
+            index = _core.Index(out)
+            index.search_dense(q[:10], k)
+            start = time.perf_counter()
+            hits = index.search_dense(q, k)
+            elapsed = time.perf_counter() - start
+            top = [[int(h[0]) for h in row] for row in hits]
+    return {"qps": queries / elapsed, "ids": top, "rss_mb": peak_rss_mb()}
+
+
+def open_time(n: int, dim: int) -> float:
+    """Seconds to open an index of `n` vectors, in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "idx"
+        rng = np.random.default_rng(2)
+        write_index(out, rng.standard_normal((n, dim), dtype=np.float32), dtype="f16")
+        code = (
+            "import time, sys; from searchr1 import Retriever; t = time.perf_counter(); "
+            "r = Retriever.open(sys.argv[1]); print(time.perf_counter() - t, len(r))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(out)], check=True, capture_output=True, text=True
+        )
+        seconds, rows = done.stdout.split()
+        assert int(rows) == n
+        return float(seconds)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vectors", type=int, default=200_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--open-vectors", type=int, default=1_000_000)
+    ap.add_argument("--side", choices=["ours", "faiss"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.side:
+        r = run_side(args.side, args.vectors, args.dim, args.queries, args.k, args.threads)
+        print(json.dumps(r))
+        return {}
+
+    def side(name: str) -> dict[str, object]:
+        cmd = [sys.executable, __file__, "--side", name, "--vectors", str(args.vectors)]
+        cmd += ["--dim", str(args.dim), "--queries", str(args.queries), "--k", str(args.k)]
+        cmd += ["--threads", str(args.threads)]
+        env = {**os.environ, "RAYON_NUM_THREADS": str(args.threads)}
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    ours, peer = side("ours"), side("faiss")
+    agree = np.mean(
+        [a == b for a, b in zip(ours["ids"], peer["ids"], strict=True)]  # type: ignore[call-overload]
+    )
+    opened = open_time(args.open_vectors, args.dim)
+    o_qps, p_qps = float(ours["qps"]), float(peer["qps"])  # type: ignore[arg-type]
+    report(
+        f"dense exact: {args.vectors} x {args.dim} f32, {args.queries} queries, "
+        f"top-{args.k}, {args.threads} threads ({machine()})",
+        [
+            ("queries/s, searchr1 (batch)", f"{o_qps:8.0f}"),
+            ("queries/s, faiss IndexFlatIP", f"{p_qps:8.0f}"),
+            ("speed-up", f"{o_qps / p_qps:8.2f}x"),
+            ("same top-k lists", f"{agree:8.3f}"),
+            ("peak RSS, searchr1 / faiss", f"{ours['rss_mb']:.0f} MB / {peer['rss_mb']:.0f} MB"),
+            (f"open, {args.open_vectors} x {args.dim} f16", f"{opened * 1e3:8.1f} ms"),
+        ],
+    )
+    return {
+        "qps": o_qps,
+        "faiss_qps": p_qps,
+        "ratio": o_qps / p_qps,
+        "agree": float(agree),
+        "open_s": opened,
+    }
+
+
+if __name__ == "__main__":
+    main()
