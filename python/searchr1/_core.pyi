@@ -16,6 +16,7 @@ __all__ = [
     "TokenStopChecker",
     "__version__",
     "add_dense",
+    "add_hnsw",
     "build_index",
     "pack_trajectories",
     "parse_action",
@@ -145,10 +146,16 @@ class Index:
     @property
     def dense_dim(self) -> int | None:
         """Dimensions of the dense vectors, or ``None`` without them."""
+    def set_ef_search(self, n: int) -> None:
+        """Sets the HNSW search breadth (efSearch) for later searches."""
+    @property
+    def has_hnsw(self) -> bool:
+        """Whether the index has an HNSW graph for approximate dense search."""
     def search_dense(
-        self, queries: npt.NDArray[np.float32], k: int
+        self, queries: npt.NDArray[np.float32], k: int, exact: bool = False
     ) -> list[list[tuple[str, float, str]]]:
-        """Exact inner-product top ``k`` for each query vector (float32 ``[n, dim]``)."""
+        """Inner-product top ``k`` per query vector (float32 ``[n, dim]``): through the
+        HNSW graph when there is one, unless ``exact``."""
 
 @final
 class DenseWriter:
@@ -167,6 +174,18 @@ class DenseWriter:
 
 def add_dense(dir: PathLike[str] | str, dim: int, dtype: str, rows: int, encoder: str) -> str:
     """Records the dense vectors of the index ``dir`` in its manifest; returns it as JSON."""
+
+def add_hnsw(
+    dir: PathLike[str] | str,
+    *,
+    dtype: str = "f16",
+    connectivity: int = 16,
+    expansion_add: int = 128,
+    expansion_search: int = 256,
+    threads: int | None = None,
+    progress: bool = False,
+) -> str:
+    """Builds an HNSW graph over the dense vectors of the index ``dir``; returns the manifest."""
 
 @final
 class CorpusBatches:

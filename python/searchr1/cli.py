@@ -76,6 +76,14 @@ def parse_action_cmd(text: str | None) -> None:
     type=click.Choice(["f32", "f16"]),
     help="How dense vectors are stored.",
 )
+@click.option("--hnsw", is_flag=True, help="Also build an HNSW graph for fast approximate search.")
+@click.option(
+    "--hnsw-dtype",
+    default="f16",
+    show_default=True,
+    type=click.Choice(["f32", "f16", "i8"]),
+    help="How the HNSW graph stores its vectors.",
+)
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
 @click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")
 @click.option("--k1", default=0.9, show_default=True, help="BM25 term-frequency saturation.")
@@ -98,6 +106,8 @@ def index_cmd(
     bm25: bool,
     dense_model: Path | None,
     dtype: str,
+    hnsw: bool,
+    hnsw_dtype: str,
     batch_size: int,
     device: str | None,
     k1: float,
@@ -115,13 +125,14 @@ def index_cmd(
     with the file, line number and problem (or is skipped with --skip-bad); a repeated id
     is always an error. Scores follow Lucene's BM25 with pyserini's defaults.
     With --dense-model, passages are also encoded (mean or CLS pooling, e5 prefixes
-    when the model is an e5) and searched exactly by inner product.
+    when the model is an e5) and searched exactly by inner product, or through an
+    HNSW graph with --hnsw.
 
     \b
     Example:
       searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18
       searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18-e5 \\
-        --dense-model models/e5-base-v2 --dtype f16
+        --dense-model models/e5-base-v2 --dtype f16 --hnsw
     """
     from searchr1.retrieval import Retriever
 
@@ -133,6 +144,8 @@ def index_cmd(
             bm25=bm25,
             dense_model=dense_model,
             dtype=dtype,
+            hnsw=hnsw,
+            hnsw_dtype=hnsw_dtype,
             batch_size=batch_size,
             device=device,
             k1=k1,
@@ -172,12 +185,19 @@ def index_cmd(
     help="BM25, dense (exact inner product), or hybrid (reciprocal rank fusion).",
 )
 @click.option("--device", help="Encoder device for dense and hybrid search.")
+@click.option("--exact", is_flag=True, help="Dense search over every vector, not the HNSW graph.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print Search-R1's /retrieve response format."
 )
 @click.argument("queries", nargs=-1, required=True)
 def search_cmd(
-    index_dir: Path, k: int, mode: str, device: str | None, as_json: bool, queries: tuple[str, ...]
+    index_dir: Path,
+    k: int,
+    mode: str,
+    device: str | None,
+    exact: bool,
+    as_json: bool,
+    queries: tuple[str, ...],
 ) -> None:
     """Search an index for each QUERY and print the best passages.
 
@@ -189,7 +209,7 @@ def search_cmd(
 
     with _user_errors():
         retriever = Retriever.open(index_dir, device=device)
-        results = retriever.search(list(queries), k=k, mode=mode)
+        results = retriever.search(list(queries), k=k, mode=mode, exact=exact)
     if as_json:
         body = {"result": [[h.to_search_r1() for h in row] for row in results]}
         click.echo(json.dumps(body, ensure_ascii=False))

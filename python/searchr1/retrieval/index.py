@@ -93,6 +93,11 @@ class Retriever:
         stem: bool = True,
         stopwords: bool = True,
         dtype: str = "f32",
+        hnsw: bool = False,
+        hnsw_dtype: str = "f16",
+        connectivity: int = 16,
+        ef_construction: int = 128,
+        ef_search: int = 256,
         pooling: str | None = None,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
@@ -113,11 +118,16 @@ class Retriever:
 
         ``dense_model`` (a transformers model directory) adds dense vectors, stored as
         ``dtype`` ("f32" or "f16"); pooling and prefixes default to what suits the model
-        (see :meth:`EncoderConfig.for_model`). ``progress`` draws bars on standard error
-        (default: when it is a terminal). A failed build leaves nothing behind.
+        (see :meth:`EncoderConfig.for_model`). ``hnsw`` also builds an HNSW graph (usearch,
+        vectors quantised to ``hnsw_dtype``: "f32", "f16" or "i8"; ``connectivity`` links
+        per node, ``ef_construction`` / ``ef_search`` candidate lists) that dense search
+        then uses. ``progress`` draws bars on standard error (default: when it is a
+        terminal). A failed build leaves nothing behind.
         """
         if not bm25 and dense_model is None:
             raise InputError("nothing to build: enable bm25 or give a dense_model")
+        if hnsw and dense_model is None:
+            raise InputError("hnsw=True needs a dense_model to encode the passages with")
         if progress is None:
             progress = sys.stderr.isatty()
         out = Path(out)
@@ -153,6 +163,16 @@ class Retriever:
                     progress,
                     overrides,
                 )
+                if hnsw:
+                    _core.add_hnsw(
+                        out,
+                        dtype=hnsw_dtype,
+                        connectivity=connectivity,
+                        expansion_add=ef_construction,
+                        expansion_search=ef_search,
+                        threads=threads,
+                        progress=progress,
+                    )
             except BaseException:
                 if existed:
                     for child in out.iterdir():
@@ -252,10 +272,12 @@ class Retriever:
         k: int = 3,
         mode: str = "bm25",
         weights: tuple[float, float] = (1.0, 1.0),
+        exact: bool = False,
     ) -> list[list[Hit]]:
         """The best ``k`` passages for each query, best first: one list per query.
 
-        ``mode``: "bm25", "dense" (exact inner product of normalised vectors) or
+        ``mode``: "bm25", "dense" (inner product of normalised vectors: through the HNSW
+        graph when the index has one, over every vector when it has not or ``exact``) or
         "hybrid" (reciprocal rank fusion of both, with ``weights`` for BM25 and dense;
         the hit score is then the fused score).
         """
@@ -267,10 +289,11 @@ class Retriever:
         if mode not in self.modes:
             raise InputError(f"{self.path} cannot search in {mode} mode (it has: {self.modes})")
         if not self.cache_size:
-            return self._search(queries, k, mode, weights)
+            return self._search(queries, k, mode, weights, exact)
         keys = [(mode, k, q) for q in queries]
         missing = list(dict.fromkeys(q for q in queries if (mode, k, q) not in self._cache))
-        for q, hits in zip(missing, self._search(missing, k, mode, weights), strict=True):
+        found = self._search(missing, k, mode, weights, exact)
+        for q, hits in zip(missing, found, strict=True):
             self._cache[(mode, k, q)] = hits
         out = []
         for key in keys:
@@ -281,18 +304,18 @@ class Retriever:
         return out
 
     def _search(
-        self, queries: list[str], k: int, mode: str, weights: tuple[float, float]
+        self, queries: list[str], k: int, mode: str, weights: tuple[float, float], exact: bool
     ) -> list[list[Hit]]:
         if not queries:
             return []
         if mode == "bm25":
             rows = self._index.search_bm25(queries, k)
         elif mode == "dense":
-            rows = self._index.search_dense(self.encoder.encode(queries), k)
+            rows = self._index.search_dense(self.encoder.encode(queries), k, exact)
         else:
             depth = max(5 * k, 50)
             sparse = self._index.search_bm25(queries, depth)
-            dense = self._index.search_dense(self.encoder.encode(queries), depth)
+            dense = self._index.search_dense(self.encoder.encode(queries), depth, exact)
             return [_fuse([s, d], weights, k) for s, d in zip(sparse, dense, strict=True)]
         return [[Hit(i, s, c) for i, s, c in row] for row in rows]
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::docstore::{DocStore, DocStoreWriter};
 use crate::error::IndexError;
+use crate::hnsw::HnswSettings;
 use crate::topk::{Scored, TopK};
 
 const VECTORS: &str = "vectors.bin";
@@ -63,6 +64,9 @@ pub struct DenseSettings {
     pub dtype: DType,
     pub rows: u64,
     pub encoder: serde_json::Value,
+    /// The HNSW graph beside the vectors, if one was built.
+    #[serde(default)]
+    pub hnsw: Option<HnswSettings>,
 }
 
 /// Appends passages and their vectors.
@@ -198,7 +202,7 @@ impl FlatIndex {
     }
 
     /// Rows `start..end` as f32, row-major, borrowed when stored as f32.
-    fn block<'a>(&'a self, start: usize, end: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    pub fn vectors<'a>(&'a self, start: usize, end: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
         let d = self.settings.dim;
         match self.settings.dtype {
             DType::F32 => {
@@ -259,7 +263,7 @@ impl FlatIndex {
                 for block_start in (start..end).step_by(BLOCK_ROWS) {
                     let block_end = (block_start + BLOCK_ROWS).min(end);
                     let m = block_end - block_start;
-                    let block = self.block(block_start, block_end, &mut buf);
+                    let block = self.vectors(block_start, block_end, &mut buf);
                     for q_start in (0..n).step_by(BLOCK_QUERIES) {
                         let q_end = (q_start + BLOCK_QUERIES).min(n);
                         let qn = q_end - q_start;
@@ -346,6 +350,7 @@ mod tests {
             dtype,
             rows,
             encoder: serde_json::Value::Null,
+            hnsw: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::bm25::{Bm25Index, Bm25Settings, ScoredPassage};
 use crate::corpus::CorpusReader;
 use crate::dense::{DenseSettings, FlatIndex};
 use crate::error::IndexError;
+use crate::hnsw::{HnswIndex, HnswSettings};
 
 /// The `format` field of every manifest.
 pub const FORMAT: &str = "searchr1-index";
@@ -80,18 +81,14 @@ impl Default for BuildOptions {
     }
 }
 
-fn progress_bar(enabled: bool, total_bytes: u64) -> ProgressBar {
+fn progress_bar(enabled: bool, total: u64, prefix: &'static str, counts: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr_with_hz(4));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} (eta {eta})",
-        )
-        .expect("valid template"),
-    );
-    bar.set_prefix("indexing");
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4));
+    let template = format!("{{prefix}} [{{elapsed_precise}}] {{wide_bar}} {counts} {{msg}} (eta {{eta}})");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+    bar.set_prefix(prefix);
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
 }
@@ -138,7 +135,7 @@ fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manif
         .map_err(|e| IndexError::io(corpus, e))?
         .len();
     let mut reader = CorpusReader::open(corpus, options.skip_bad)?;
-    let bar = progress_bar(options.progress, total);
+    let bar = progress_bar(options.progress, total, "indexing", "{bytes}/{total_bytes}");
     let started = std::time::Instant::now();
     let checksum = reader.checksum_handle();
     let on_passage = |n: u64| {
@@ -207,6 +204,32 @@ pub fn add_dense(dir: &Path, dense: DenseSettings) -> Result<Manifest, IndexErro
     Ok(manifest)
 }
 
+/// Builds an HNSW graph over the dense vectors of the index `dir` and records it.
+pub fn add_hnsw(
+    dir: &Path,
+    settings: HnswSettings,
+    threads: usize,
+    progress: bool,
+) -> Result<Manifest, IndexError> {
+    let mut manifest = read_manifest(dir)?;
+    let Some(dense) = manifest.dense.as_mut() else {
+        return Err(IndexError::Settings(format!(
+            "{} has no dense vectors to build a graph over",
+            dir.display()
+        )));
+    };
+    let dense_dir = dir.join(DENSE_DIR);
+    let flat = FlatIndex::open(&dense_dir, dense.clone())?;
+    let bar = progress_bar(progress, flat.rows() as u64, "graph", "{pos}/{len} vectors");
+    HnswIndex::build(&dense_dir, &flat, settings, threads, |n| {
+        bar.set_position(n as u64)
+    })?;
+    bar.finish_and_clear();
+    dense.hnsw = Some(settings);
+    write_manifest(dir, &manifest)?;
+    Ok(manifest)
+}
+
 fn write_manifest(out: &Path, manifest: &Manifest) -> Result<(), IndexError> {
     let tmp = out.join(format!("{MANIFEST}.tmp"));
     let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
@@ -262,6 +285,7 @@ pub struct IndexDir {
     manifest: Manifest,
     bm25: Option<Bm25Index>,
     dense: Option<FlatIndex>,
+    hnsw: Option<HnswIndex>,
 }
 
 impl IndexDir {
@@ -294,11 +318,26 @@ impl IndexDir {
             Some(settings) => Some(FlatIndex::open(&dir.join(DENSE_DIR), settings.clone())?),
             None => None,
         };
+        let hnsw = match &manifest.dense {
+            Some(DenseSettings {
+                hnsw: Some(graph),
+                dim,
+                rows,
+                ..
+            }) => Some(HnswIndex::open(
+                &dir.join(DENSE_DIR),
+                *graph,
+                *dim,
+                *rows as usize,
+            )?),
+            _ => None,
+        };
         Ok(IndexDir {
             path: dir.to_owned(),
             manifest,
             bm25,
             dense,
+            hnsw,
         })
     }
 
@@ -330,12 +369,39 @@ impl IndexDir {
         })
     }
 
-    /// Exact inner-product search with query vectors (`n × dim`, row-major).
-    pub fn search_dense(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
+    /// Sets the HNSW search breadth (efSearch) for later searches; `false` without a graph.
+    pub fn set_ef_search(&self, n: usize) -> bool {
+        self.hnsw.as_ref().map(|g| g.set_expansion_search(n)).is_some()
+    }
+
+    /// Whether an HNSW graph is there for approximate dense search.
+    pub fn has_hnsw(&self) -> bool {
+        self.hnsw.is_some()
+    }
+
+    /// Inner-product search with query vectors (`n × dim`, row-major): through the
+    /// HNSW graph when there is one, unless `exact`; else over every vector.
+    pub fn search_dense(
+        &self,
+        queries: &[f32],
+        k: usize,
+        exact: bool,
+    ) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
         let dense = self.dense()?;
-        dense
-            .search(queries, k)?
-            .into_iter()
+        let rows = match &self.hnsw {
+            Some(graph) if !exact => {
+                if !queries.len().is_multiple_of(dense.dim()) {
+                    return Err(IndexError::Settings(format!(
+                        "query vectors have {} values, not a multiple of the index's {} dimensions",
+                        queries.len(),
+                        dense.dim()
+                    )));
+                }
+                graph.search(queries, dense.dim(), k)?
+            }
+            _ => dense.search(queries, k)?,
+        };
+        rows.into_iter()
             .map(|row| {
                 row.into_iter()
                     .map(|(r, score)| {

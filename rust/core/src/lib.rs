@@ -18,6 +18,7 @@ pub mod corpus;
 pub mod dense;
 pub mod docstore;
 pub mod error;
+pub mod hnsw;
 pub mod index;
 pub mod pack;
 pub mod stop;

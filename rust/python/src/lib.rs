@@ -466,8 +466,34 @@ fn add_dense(dir: std::path::PathBuf, dim: usize, dtype: &str, rows: u64, encode
         dtype: core::dense::DType::parse(dtype)?,
         rows,
         encoder,
+        hnsw: None,
     };
     let manifest = core::index::add_dense(&dir, settings)?;
+    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+}
+
+/// Builds an HNSW graph over the dense vectors of the index `dir`; returns the manifest.
+#[pyfunction]
+#[pyo3(signature = (dir, *, dtype = "f16", connectivity = 16, expansion_add = 128, expansion_search = 256, threads = None, progress = false))]
+#[allow(clippy::too_many_arguments)]
+fn add_hnsw(
+    py: Python<'_>,
+    dir: std::path::PathBuf,
+    dtype: &str,
+    connectivity: usize,
+    expansion_add: usize,
+    expansion_search: usize,
+    threads: Option<usize>,
+    progress: bool,
+) -> Result<String> {
+    let settings = core::hnsw::HnswSettings {
+        dtype: core::hnsw::Quantization::parse(dtype)?,
+        connectivity,
+        expansion_add,
+        expansion_search,
+    };
+    let threads = threads.unwrap_or_else(|| core::BuildOptions::default().threads);
+    let manifest = py.detach(|| core::index::add_hnsw(&dir, settings, threads, progress))?;
     Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
 }
 
@@ -542,12 +568,30 @@ impl PyIndex {
         self.0.dense().ok().map(|d| d.dim())
     }
 
-    /// Exact inner-product top `k` for each query vector (float32 `[n, dim]`).
+    /// Sets the HNSW search breadth (efSearch) for later searches.
+    fn set_ef_search(&self, n: usize) -> Result<()> {
+        if self.0.set_ef_search(n) {
+            Ok(())
+        } else {
+            Err(Error::Py(InputError::new_err("this index has no HNSW graph")))
+        }
+    }
+
+    /// Whether the index has an HNSW graph for approximate dense search.
+    #[getter]
+    fn has_hnsw(&self) -> bool {
+        self.0.has_hnsw()
+    }
+
+    /// Inner-product top `k` for each query vector (float32 `[n, dim]`): through the
+    /// HNSW graph when there is one, unless `exact`.
+    #[pyo3(signature = (queries, k, exact = false))]
     fn search_dense(
         &self,
         py: Python<'_>,
         queries: numpy::PyReadonlyArray2<'_, f32>,
         k: usize,
+        exact: bool,
     ) -> Result<Vec<Vec<(String, f32, String)>>> {
         let dim = self.0.dense()?.dim();
         if queries.shape()[1] != dim {
@@ -560,7 +604,7 @@ impl PyIndex {
             Ok(s) => s.to_vec(),
             Err(_) => queries.as_array().iter().copied().collect(),
         };
-        let hits = py.detach(|| self.0.search_dense(&flat, k))?;
+        let hits = py.detach(|| self.0.search_dense(&flat, k, exact))?;
         Ok(hits
             .into_iter()
             .map(|row| row.into_iter().map(|h| (h.id, h.score, h.contents)).collect())
@@ -596,5 +640,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDenseWriter>()?;
     m.add_class::<PyCorpusBatches>()?;
     m.add_function(wrap_pyfunction!(add_dense, m)?)?;
+    m.add_function(wrap_pyfunction!(add_hnsw, m)?)?;
     Ok(())
 }
