@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, report
+from common import machine, peak_rss_mb, report, run_side
 
 CACHE = Path(os.environ.get("SEARCHR1_BENCH_CACHE", Path.home() / ".cache/searchr1/bench"))
 
@@ -75,10 +73,6 @@ def corpus_and_queries(passages: int, queries: int, seed: int = 0) -> tuple[Path
         for _ in range(queries)
     ]
     return path, qs
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_ours(corpus: Path, queries: list[str], k: int, threads: int) -> dict[str, object]:
@@ -133,11 +127,9 @@ def run_bm25s(corpus: Path, queries: list[str], k: int, threads: int) -> dict[st
 
 def side(name: str, args: argparse.Namespace) -> dict[str, object]:
     """Runs one side in a fresh process and returns its figures."""
-    cmd = [sys.executable, __file__, "--side", name, "--passages", str(args.passages)]
-    cmd += ["--queries", str(args.queries), "--k", str(args.k), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
-    return result
+    flags = ["--side", name, "--passages", str(args.passages), "--queries", str(args.queries)]
+    flags += ["--k", str(args.k), "--threads", str(args.threads)]
+    return run_side(__file__, flags, args.threads)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

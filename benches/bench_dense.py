@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, report
+from common import machine, peak_rss_mb, report, run_side
 
 
 def vectors(n: int, dim: int, seed: int, groups: int = 10_000) -> np.ndarray:
@@ -60,11 +58,9 @@ def write_index(out: Path, base: np.ndarray, dtype: str = "f32") -> None:
     _core.add_dense(out, base.shape[1], dtype, rows, json.dumps({"model": "synthetic"}))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run_side(name: str, n: int, dim: int, queries: int, k: int, threads: int) -> dict[str, object]:
+def measure_exact(
+    name: str, n: int, dim: int, queries: int, k: int, threads: int
+) -> dict[str, object]:
     base = vectors(n, dim, 0)
     q = vectors(queries, dim, 1)
     if name == "faiss":
@@ -103,7 +99,7 @@ def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
     )
 
 
-def run_hnsw_side(
+def measure_hnsw(
     name: str, n: int, dim: int, queries: int, k: int, threads: int
 ) -> dict[str, object]:
     """Build time, then (efSearch, recall, queries/s) up to the first recall >= 0.95."""
@@ -185,21 +181,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
 
     if args.side:
-        run = run_hnsw_side if args.hnsw else run_side
+        run = measure_hnsw if args.hnsw else measure_exact
         n = args.hnsw_vectors if args.hnsw else args.vectors
         r = run(args.side, n, args.dim, args.queries, args.k, args.threads)
         print(json.dumps(r))
         return {}
 
     def side(name: str, *extra: str) -> dict[str, object]:
-        cmd = [sys.executable, __file__, "--side", name, "--vectors", str(args.vectors), *extra]
-        cmd += ["--hnsw-vectors", str(args.hnsw_vectors)]
-        cmd += ["--dim", str(args.dim), "--queries", str(args.queries), "--k", str(args.k)]
-        cmd += ["--threads", str(args.threads)]
-        env = {**os.environ, "RAYON_NUM_THREADS": str(args.threads)}
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
-        return result
+        flags = ["--side", name, "--vectors", str(args.vectors), *extra]
+        flags += ["--hnsw-vectors", str(args.hnsw_vectors), "--dim", str(args.dim)]
+        flags += [
+            "--queries",
+            str(args.queries),
+            "--k",
+            str(args.k),
+            "--threads",
+            str(args.threads),
+        ]
+        return run_side(__file__, flags, args.threads)
 
     ours, peer = side("ours"), side("faiss")
     agree = np.mean(

@@ -132,7 +132,7 @@ class Retriever:
             progress = sys.stderr.isatty()
         out = Path(out)
         existed = out.exists()
-        _core.build_index(
+        manifest = _core.build_index(
             Path(corpus),
             out,
             bm25=bm25,
@@ -152,9 +152,11 @@ class Retriever:
                     "query_prefix": query_prefix,
                     "passage_prefix": passage_prefix,
                 }
+                passages = json.loads(manifest)["corpus"]["passages"]
                 cls._build_dense(
                     Path(corpus),
                     out,
+                    passages,
                     dense_model,
                     dtype,
                     batch_size,
@@ -186,6 +188,7 @@ class Retriever:
     def _build_dense(
         corpus: Path,
         out: Path,
+        passages: int,
         model: str | Path,
         dtype: str,
         batch_size: int,
@@ -201,12 +204,11 @@ class Retriever:
         )
         encoder = Encoder(config, device=device, batch_size=batch_size)
         writer = _core.DenseWriter(out / "dense", encoder.dim, dtype)
-        total = json.loads(_core.Index(out).manifest)["corpus"]["passages"]
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, desc="encoding", unit="passage", file=sys.stderr)
+            bar = tqdm(total=passages, desc="encoding", unit="passage", file=sys.stderr)
         for batch in _core.CorpusBatches(corpus, batch_size * 16, skip_bad):
             ids = [i for i, _ in batch]
             contents = [c for _, c in batch]

@@ -8,17 +8,8 @@ use searchr1_core::bm25::{Bm25Index, Bm25Settings};
 use searchr1_core::dense::{DType, DenseSettings, DenseWriter, FlatIndex};
 use searchr1_core::{IndexError, Passage};
 
-/// A deterministic pseudo-random stream (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+mod common;
+use common::Rng;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("searchr1-bench-{}-{name}", std::process::id()));

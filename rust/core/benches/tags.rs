@@ -5,17 +5,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use searchr1_core::{parse_action, StopScanner, TokenStopChecker};
 
-/// A deterministic pseudo-random stream (xorshift), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+mod common;
+use common::Rng;
 
 /// A synthetic byte-level vocabulary: all single bytes, then random 2-8 byte pieces of
 /// text, with the pieces of the stop strings among them.
