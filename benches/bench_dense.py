@@ -49,11 +49,8 @@ def write_index(out: Path, base: np.ndarray, dtype: str = "f32") -> None:
         f.writelines(f'{{"id": "{i}", "contents": ""}}\n' for i in range(len(base)))
     _core.build_index(corpus, out, bm25=False)
     writer = _core.DenseWriter(out / "dense", base.shape[1], dtype)
-    step = 100_000
-    for s in range(0, len(base), step):
-        chunk = base[s : s + step]
-        ids = [str(i) for i in range(s, s + len(chunk))]
-        writer.add(ids, [""] * len(chunk), chunk)
+    for start in range(0, len(base), 100_000):
+        writer.add(base[start : start + 100_000])
     rows = writer.finish()
     _core.add_dense(out, base.shape[1], dtype, rows, json.dumps({"model": "synthetic"}))
 

@@ -175,7 +175,7 @@ def test_hnsw_recall_on_100k_vectors(tmp_path: Path) -> None:
     _core.build_index(corpus, out, bm25=False)
     writer = _core.DenseWriter(out / "dense", dim, "f32")
     base = clustered(n, dim, 0)
-    writer.add([str(i) for i in range(n)], [""] * n, base)
+    writer.add(base)
     _core.add_dense(out, dim, "f32", writer.finish(), json.dumps({"model": "synthetic"}))
     queries = clustered(300, dim, 1)
     exact = _core.Index(out).search_dense(queries, 10, exact=True)

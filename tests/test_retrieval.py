@@ -203,11 +203,11 @@ def test_index_errors(corpus: Path, tmp_path: Path) -> None:
         Retriever.build(corpus, out)
     manifest = out / "manifest.json"
     body = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**body, "version": 2}))
-    with pytest.raises(IndexFormatError, match="version 2"):
+    manifest.write_text(json.dumps({**body, "version": 1}))
+    with pytest.raises(IndexFormatError, match="version 1"):
         Retriever.open(out)
     manifest.write_text(json.dumps({**body, "corpus": {**body["corpus"], "passages": 3}}))
-    with pytest.raises(IndexFormatError, match="counts 3 passages"):
+    with pytest.raises(IndexFormatError, match="counts 3 passages but the passage store"):
         Retriever.open(out)
     manifest.write_text("{not json")
     with pytest.raises(IndexFormatError, match="not valid JSON"):

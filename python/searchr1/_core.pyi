@@ -159,13 +159,12 @@ class Index:
 
 @final
 class DenseWriter:
-    """Writes passages and their vectors into an index's ``dense`` directory."""
+    """Writes the vectors of an index's passages, in corpus order, into its ``dense``
+    directory."""
 
     def __new__(cls, dir: PathLike[str] | str, dim: int, dtype: str) -> DenseWriter: ...
-    def add(
-        self, ids: Sequence[str], contents: Sequence[str], vectors: npt.NDArray[np.float32]
-    ) -> None:
-        """Appends passages with their vectors (float32, shape ``[n, dim]``)."""
+    def add(self, vectors: npt.NDArray[np.float32]) -> None:
+        """Appends the vectors of the next passages (float32, shape ``[n, dim]``)."""
     @property
     def rows(self) -> int:
         """Rows written so far."""

@@ -210,9 +210,7 @@ class Retriever:
 
             bar = tqdm(total=passages, desc="encoding", unit="passage", file=sys.stderr)
         for batch in _core.CorpusBatches(corpus, batch_size * 16, skip_bad):
-            ids = [i for i, _ in batch]
-            contents = [c for _, c in batch]
-            writer.add(ids, contents, encoder.encode(contents, kind="passage"))
+            writer.add(encoder.encode([contents for _, contents in batch], kind="passage"))
             if bar is not None:
                 bar.update(len(batch))
         if bar is not None:

@@ -60,9 +60,7 @@ fn bench_dense(c: &mut Criterion) {
         .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
         .collect();
     let mut writer = DenseWriter::create(&dir, dim, DType::F32).unwrap();
-    let ids: Vec<String> = (0..rows).map(|i| i.to_string()).collect();
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    writer.add(&id_refs, &vec![""; rows], &vectors).unwrap();
+    writer.add(&vectors).unwrap();
     writer.finish().unwrap();
     let settings = DenseSettings {
         dim,

@@ -19,9 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tantivy::directory::MmapDirectory;
 use tantivy::postings::BlockSegmentPostings;
-use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
-};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST};
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, StopWordFilter, TextAnalyzer,
 };
@@ -107,7 +105,6 @@ pub struct ScoredPassage {
 /// A BM25 index on disk, opened memory-mapped.
 pub struct Bm25Index {
     reader: IndexReader,
-    id_field: Field,
     contents_field: Field,
     settings: Bm25Settings,
     analyzer: TextAnalyzer,
@@ -115,15 +112,14 @@ pub struct Bm25Index {
 
 fn schema() -> (Schema, Field, Field) {
     let mut builder = Schema::builder();
-    let id = builder.add_text_field("id", STRING | STORED);
+    // The passage's row in the index's passage store: hits resolve through it, so the
+    // passages are not stored (and compressed) a second time inside tantivy.
+    let row = builder.add_u64_field("row", FAST);
     let indexing = TextFieldIndexing::default()
         .set_tokenizer(TOKENIZER)
         .set_index_option(IndexRecordOption::WithFreqs);
-    let contents = builder.add_text_field(
-        "contents",
-        TextOptions::default().set_indexing_options(indexing) | STORED,
-    );
-    (builder.build(), id, contents)
+    let contents = builder.add_text_field("contents", TextOptions::default().set_indexing_options(indexing));
+    (builder.build(), row, contents)
 }
 
 fn tantivy_err(e: tantivy::TantivyError) -> IndexError {
@@ -149,7 +145,7 @@ impl Bm25Index {
     {
         settings.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
-        let (schema, id_field, contents_field) = schema();
+        let (schema, row_field, contents_field) = schema();
         let directory = MmapDirectory::open(dir).map_err(|e| IndexError::Tantivy(e.to_string()))?;
         let index = Index::create(directory, schema, Default::default()).map_err(tantivy_err)?;
         index.tokenizers().register(TOKENIZER, settings.analyzer());
@@ -163,7 +159,7 @@ impl Bm25Index {
         for passage in passages {
             let passage = passage?;
             let mut doc = TantivyDocument::default();
-            doc.add_text(id_field, &passage.id);
+            doc.add_u64(row_field, stats.passages);
             doc.add_text(contents_field, &passage.contents);
             writer.add_document(doc).map_err(tantivy_err)?;
             stats.passages += 1;
@@ -177,7 +173,6 @@ impl Bm25Index {
             writer.merge(&segments).wait().map_err(tantivy_err)?;
         }
         writer.wait_merging_threads().map_err(tantivy_err)?;
-        let _ = (id_field, contents_field);
         Ok(stats)
     }
 
@@ -187,11 +182,11 @@ impl Bm25Index {
         let directory = MmapDirectory::open(dir).map_err(|e| IndexError::Tantivy(e.to_string()))?;
         let index = Index::open(directory).map_err(tantivy_err)?;
         let schema = index.schema();
-        let (id_field, contents_field) = match (schema.get_field("id"), schema.get_field("contents")) {
-            (Ok(id), Ok(contents)) => (id, contents),
+        let contents_field = match (schema.get_field("row"), schema.get_field("contents")) {
+            (Ok(_), Ok(contents)) => contents,
             _ => {
                 return Err(IndexError::Corrupt(format!(
-                    "{}: the BM25 index lacks the id or contents field",
+                    "{}: the BM25 index lacks the row or contents field",
                     dir.display()
                 )))
             }
@@ -204,7 +199,6 @@ impl Bm25Index {
             .map_err(tantivy_err)?;
         Ok(Bm25Index {
             reader,
-            id_field,
             contents_field,
             settings,
             analyzer: settings.analyzer(),
@@ -237,8 +231,9 @@ impl Bm25Index {
         out
     }
 
-    /// The top `k` passages of each query, best first, in parallel over queries.
-    pub fn search(&self, queries: &[String], k: usize) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
+    /// The top `k` passages of each query as (row in the passage store, score), best
+    /// first, in parallel over queries.
+    pub fn search(&self, queries: &[String], k: usize) -> Result<Vec<Vec<(usize, f32)>>, IndexError> {
         let searcher = self.reader.searcher();
         let stats = CorpusStats::of(&searcher, self.contents_field)?;
         let norm_tables = NormTable::new(&self.settings, stats.avgdl);
@@ -252,10 +247,7 @@ impl Bm25Index {
                         top_k(&searcher, self.contents_field, &terms, &norm_tables, k, scratch)
                     })?;
                     top.into_iter()
-                        .map(|(score, segment, doc)| {
-                            self.fetch(&searcher, segment, doc)
-                                .map(|(id, contents)| ScoredPassage { id, score, contents })
-                        })
+                        .map(|(score, segment, doc)| Ok((row_of(&searcher, segment, doc)?, score)))
                         .collect()
                 },
             )
@@ -294,25 +286,19 @@ impl Bm25Index {
         }
         Ok(terms)
     }
+}
 
-    fn fetch(
-        &self,
-        searcher: &tantivy::Searcher,
-        segment: u32,
-        doc: DocId,
-    ) -> Result<(String, String), IndexError> {
-        let document: TantivyDocument = searcher
-            .doc(tantivy::DocAddress::new(segment, doc))
-            .map_err(tantivy_err)?;
-        let text = |field| {
-            document
-                .get_first(field)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        Ok((text(self.id_field), text(self.contents_field)))
-    }
+/// The passage-store row of a document, from its fast field.
+fn row_of(searcher: &tantivy::Searcher, segment: u32, doc: DocId) -> Result<usize, IndexError> {
+    let column = searcher
+        .segment_reader(segment)
+        .fast_fields()
+        .u64("row")
+        .map_err(tantivy_err)?;
+    column
+        .first(doc)
+        .map(|row| row as usize)
+        .ok_or_else(|| IndexError::Corrupt(format!("document {doc} of segment {segment} has no row")))
 }
 
 /// Collection statistics over all segments.
@@ -481,20 +467,15 @@ mod tests {
         // N = 4, df(apple) = 2; lengths 2, 3, 1, 0 (stop words do not count): avgdl 1.5.
         let idf = (1.0f32 + (4.0 - 2.0 + 0.5) / (2.0 + 0.5)).ln();
         let norm = |len: f32| 0.9 * (0.6 + 0.4 * len / 1.5);
-        let expected = [
-            ("d1", idf * 2.0 / (2.0 + norm(3.0))),
-            ("d0", idf / (1.0 + norm(2.0))),
-        ];
-        let got: Vec<(&str, f32)> = hits[0].iter().map(|h| (h.id.as_str(), h.score)).collect();
-        assert_eq!(got.len(), 2);
-        for ((id, score), (want_id, want)) in got.iter().zip(expected) {
-            assert_eq!(*id, want_id);
+        let expected = [(1, idf * 2.0 / (2.0 + norm(3.0))), (0, idf / (1.0 + norm(2.0)))];
+        assert_eq!(hits[0].len(), 2);
+        for (&(row, score), (want_row, want)) in hits[0].iter().zip(expected) {
+            assert_eq!(row, want_row);
             assert!((score - want).abs() < 1e-6, "{score} vs {want}");
         }
-        assert_eq!(hits[0][0].contents, "Apple apple cherry");
         assert!(hits[1].is_empty(), "a query of stop words finds nothing");
         // A repeated query term weighs twice, as in pyserini's bag-of-words queries.
-        assert!((hits[2][0].score - 2.0 * hits[0][0].score).abs() < 1e-6);
+        assert!((hits[2][0].1 - 2.0 * hits[0][0].1).abs() < 1e-6);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -2,7 +2,7 @@
 //!
 //! The vectors (L2-normalised by the encoder, so the inner product is the cosine) are
 //! stored row-major as f32 or f16 in `vectors.bin`, row `i` being passage `i` of the
-//! passage store beside it. A batch of queries is searched as matrix products: the
+//! index's passage store. A batch of queries is searched as matrix products: the
 //! rows are cut into blocks, each block multiplies the whole query batch at once
 //! (an SGEMM, by the `gemm` crate), and every query keeps its best `k`; blocks run in
 //! parallel on rayon.
@@ -16,7 +16,6 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::docstore::{DocStore, DocStoreWriter};
 use crate::error::IndexError;
 use crate::hnsw::HnswSettings;
 use crate::topk::{Scored, TopK};
@@ -69,13 +68,13 @@ pub struct DenseSettings {
     pub hnsw: Option<HnswSettings>,
 }
 
-/// Appends passages and their vectors.
+/// Appends vectors, one row per passage in corpus order.
 pub struct DenseWriter {
     dir: PathBuf,
     dim: usize,
     dtype: DType,
     vectors: BufWriter<File>,
-    store: DocStoreWriter,
+    rows: usize,
 }
 
 impl DenseWriter {
@@ -83,7 +82,7 @@ impl DenseWriter {
         if dim == 0 {
             return Err(IndexError::Settings("vectors need at least one dimension".into()));
         }
-        let store = DocStoreWriter::create(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
         let path = dir.join(VECTORS);
         let file = File::create(&path).map_err(|e| IndexError::io(&path, e))?;
         Ok(DenseWriter {
@@ -91,30 +90,27 @@ impl DenseWriter {
             dim,
             dtype,
             vectors: BufWriter::with_capacity(1 << 20, file),
-            store,
+            rows: 0,
         })
     }
 
-    /// Adds passages with their vectors (`vectors.len() == ids.len() * dim`, row-major).
-    pub fn add(&mut self, ids: &[&str], contents: &[&str], vectors: &[f32]) -> Result<(), IndexError> {
-        if ids.len() != contents.len() || vectors.len() != ids.len() * self.dim {
+    /// Adds the vectors of the next passages (`vectors.len()` a multiple of `dim`,
+    /// row-major).
+    pub fn add(&mut self, vectors: &[f32]) -> Result<(), IndexError> {
+        if !vectors.len().is_multiple_of(self.dim) {
             return Err(IndexError::Settings(format!(
-                "{} ids, {} contents and {} vector values do not make rows of {} values",
-                ids.len(),
-                contents.len(),
+                "{} vector values do not make rows of {} values",
                 vectors.len(),
                 self.dim
             )));
         }
         if let Some(bad) = vectors.iter().position(|v| !v.is_finite()) {
             return Err(IndexError::Settings(format!(
-                "vector of passage {:?} has a non-finite value",
-                ids[bad / self.dim]
+                "the vector of row {} has a non-finite value",
+                self.rows + bad / self.dim
             )));
         }
-        for (id, text) in ids.iter().zip(contents) {
-            self.store.add(id, text)?;
-        }
+        self.rows += vectors.len() / self.dim;
         let path = self.dir.join(VECTORS);
         let io = |e| IndexError::io(&path, e);
         match self.dtype {
@@ -136,23 +132,20 @@ impl DenseWriter {
 
     /// Rows written so far.
     pub fn rows(&self) -> usize {
-        self.store.len()
+        self.rows
     }
 
     pub fn finish(mut self) -> Result<u64, IndexError> {
         let path = self.dir.join(VECTORS);
         self.vectors.flush().map_err(|e| IndexError::io(&path, e))?;
-        let rows = self.store.len() as u64;
-        self.store.finish()?;
-        Ok(rows)
+        Ok(self.rows as u64)
     }
 }
 
-/// An exact inner-product index over memory-mapped vectors, with their passages.
+/// An exact inner-product index over memory-mapped vectors.
 pub struct FlatIndex {
     vectors: Mmap,
     settings: DenseSettings,
-    store: DocStore,
 }
 
 impl FlatIndex {
@@ -172,20 +165,7 @@ impl FlatIndex {
                 settings.dtype
             )));
         }
-        let store = DocStore::open(dir)?;
-        if store.len() as u64 != settings.rows {
-            return Err(IndexError::Corrupt(format!(
-                "{}: {} passages for {} vectors",
-                dir.display(),
-                store.len(),
-                settings.rows
-            )));
-        }
-        Ok(FlatIndex {
-            vectors,
-            settings,
-            store,
-        })
+        Ok(FlatIndex { vectors, settings })
     }
 
     pub fn dim(&self) -> usize {
@@ -194,11 +174,6 @@ impl FlatIndex {
 
     pub fn rows(&self) -> usize {
         self.settings.rows as usize
-    }
-
-    /// The id and contents of passage `row`.
-    pub fn passage(&self, row: usize) -> Result<(String, String), IndexError> {
-        self.store.get(row)
     }
 
     /// Rows `start..end` as f32, row-major, borrowed when stored as f32.
@@ -369,10 +344,9 @@ mod tests {
             };
             let vectors: Vec<f32> = (0..rows * dim).map(|_| next()).collect();
             let mut w = DenseWriter::create(&dir, dim, dtype).unwrap();
-            let ids: Vec<String> = (0..rows).map(|i| format!("p{i}")).collect();
-            let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let contents = vec!["x"; rows];
-            w.add(&id_refs, &contents, &vectors).unwrap();
+            w.add(&vectors[..dim * 7]).unwrap();
+            w.add(&vectors[dim * 7..]).unwrap();
+            assert!(w.add(&vectors[..dim + 1]).is_err());
             assert_eq!(w.finish().unwrap(), rows as u64);
             let index = FlatIndex::open(&dir, settings(rows as u64, dim, dtype)).unwrap();
             let queries: Vec<f32> = (0..300 * dim).map(|_| next()).collect();
@@ -393,7 +367,6 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(index.passage(7).unwrap().0, "p7");
             assert!(FlatIndex::open(&dir, settings(rows as u64 + 1, dim, dtype)).is_err());
             std::fs::remove_dir_all(&dir).unwrap();
         }

@@ -3,7 +3,10 @@
 //! ```text
 //! INDEX/
 //!   manifest.json   format and version, corpus checksum, settings of each method
-//!   bm25/           the tantivy index
+//!   passages.bin    every passage (id, contents) by row, in corpus order
+//!   passages.idx    their offsets
+//!   bm25/           the tantivy index (documents carry their row)
+//!   dense/          vectors by row, and an optional HNSW graph
 //! ```
 //!
 //! The manifest is written last, atomically: a directory without one is an index whose
@@ -19,13 +22,14 @@ use serde::{Deserialize, Serialize};
 use crate::bm25::{Bm25Index, Bm25Settings, ScoredPassage};
 use crate::corpus::CorpusReader;
 use crate::dense::{DenseSettings, FlatIndex};
+use crate::docstore::{DocStore, DocStoreWriter};
 use crate::error::IndexError;
 use crate::hnsw::{HnswIndex, HnswSettings};
 
 /// The `format` field of every manifest.
 pub const FORMAT: &str = "searchr1-index";
 /// The manifest version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 const BM25_DIR: &str = "bm25";
 /// Where dense vectors and their passages live inside an index directory.
@@ -145,12 +149,18 @@ fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manif
             bar.set_message(format!("{n} passages, {rate:.0}/s"));
         }
     };
+    std::fs::create_dir_all(out).map_err(|e| IndexError::io(out, e))?;
+    let mut store = DocStoreWriter::create(out)?;
+    let mut stored = reader.by_ref().map(|p| {
+        let p = p?;
+        store.add(&p.id, &p.contents)?;
+        Ok::<_, IndexError>(p)
+    });
     let passages = match options.bm25 {
         Some(bm25) => {
-            let stream = reader.by_ref().map(|p| p.map_err(IndexError::from));
             Bm25Index::build(
                 &out.join(BM25_DIR),
-                stream,
+                &mut stored,
                 bm25,
                 options.threads,
                 options.memory_budget,
@@ -159,9 +169,8 @@ fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manif
             .passages
         }
         None => {
-            std::fs::create_dir_all(out).map_err(|e| IndexError::io(out, e))?;
             let mut n = 0u64;
-            for passage in reader.by_ref() {
+            for passage in &mut stored {
                 passage?;
                 n += 1;
                 on_passage(n);
@@ -169,6 +178,8 @@ fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manif
             n
         }
     };
+    drop(stored);
+    store.finish()?;
     bar.finish_and_clear();
     let sum = reader.checksum();
     let manifest = Manifest {
@@ -283,6 +294,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
 pub struct IndexDir {
     path: PathBuf,
     manifest: Manifest,
+    store: DocStore,
     bm25: Option<Bm25Index>,
     dense: Option<FlatIndex>,
     hnsw: Option<HnswIndex>,
@@ -292,6 +304,15 @@ impl IndexDir {
     /// Opens the index in `dir`, checking its manifest.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
         let manifest = read_manifest(dir)?;
+        let store = DocStore::open(dir)?;
+        if store.len() as u64 != manifest.corpus.passages {
+            return Err(IndexError::Corrupt(format!(
+                "{}: the manifest counts {} passages but the passage store holds {}",
+                dir.display(),
+                manifest.corpus.passages,
+                store.len()
+            )));
+        }
         let bm25 = match manifest.bm25 {
             Some(settings) => Some(
                 Bm25Index::open(&dir.join(BM25_DIR), settings).map_err(|e| match e {
@@ -335,6 +356,7 @@ impl IndexDir {
         Ok(IndexDir {
             path: dir.to_owned(),
             manifest,
+            store,
             bm25,
             dense,
             hnsw,
@@ -401,13 +423,17 @@ impl IndexDir {
             }
             _ => dense.search(queries, k)?,
         };
+        self.resolve(rows)
+    }
+
+    /// Rows with scores, resolved to their passages.
+    fn resolve(&self, rows: Vec<Vec<(usize, f32)>>) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
         rows.into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .map(|(r, score)| {
-                        dense
-                            .passage(r)
-                            .map(|(id, contents)| ScoredPassage { id, score, contents })
+            .map(|hits| {
+                hits.into_iter()
+                    .map(|(row, score)| {
+                        let (id, contents) = self.store.get(row)?;
+                        Ok(ScoredPassage { id, score, contents })
                     })
                     .collect()
             })
@@ -416,7 +442,8 @@ impl IndexDir {
 
     /// BM25 search; see [`Bm25Index::search`].
     pub fn search_bm25(&self, queries: &[String], k: usize) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
-        self.bm25()?.search(queries, k)
+        let rows = self.bm25()?.search(queries, k)?;
+        self.resolve(rows)
     }
 }
 
@@ -455,7 +482,7 @@ mod tests {
         let path = out.join(MANIFEST);
         let body = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("\"version\": 1", "\"version\": 99");
+            .replace(&format!("\"version\": {VERSION}"), "\"version\": 99");
         std::fs::write(&path, body).unwrap();
         let err = IndexDir::open(&out).err().unwrap();
         assert!(err.to_string().contains("version 99"), "{err}");

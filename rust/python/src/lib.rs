@@ -401,7 +401,8 @@ fn build_index(
     Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
 }
 
-/// Writes passages and their vectors into `dir` (an index's `dense` directory).
+/// Writes the vectors of an index's passages, in corpus order, into `dir` (its `dense`
+/// directory).
 #[pyclass(module = "searchr1._core", name = "DenseWriter")]
 struct PyDenseWriter(Option<core::dense::DenseWriter>);
 
@@ -423,22 +424,14 @@ impl PyDenseWriter {
         )?)))
     }
 
-    /// Appends passages with their vectors (float32, shape `[n, dim]`).
-    fn add(
-        &mut self,
-        py: Python<'_>,
-        ids: Vec<String>,
-        contents: Vec<String>,
-        vectors: numpy::PyReadonlyArray2<'_, f32>,
-    ) -> Result<()> {
+    /// Appends the vectors of the next passages (float32, shape `[n, dim]`).
+    fn add(&mut self, py: Python<'_>, vectors: numpy::PyReadonlyArray2<'_, f32>) -> Result<()> {
         let flat: Vec<f32> = match vectors.as_slice() {
             Ok(s) => s.to_vec(),
             Err(_) => vectors.as_array().iter().copied().collect(),
         };
         let writer = self.writer()?;
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
-        py.detach(|| writer.add(&ids, &contents, &flat))?;
+        py.detach(|| writer.add(&flat))?;
         Ok(())
     }
 
