@@ -214,13 +214,7 @@ impl FlatIndex {
     /// as `(row, inner product)`.
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<(usize, f32)>>, IndexError> {
         let d = self.settings.dim;
-        if !queries.len().is_multiple_of(d) {
-            return Err(IndexError::Settings(format!(
-                "query vectors have {} values, not a multiple of the index's {d} dimensions",
-                queries.len()
-            )));
-        }
-        let n = queries.len() / d;
+        let n = query_count(queries, d)?;
         let rows = self.rows();
         if n == 0 || k == 0 || rows == 0 {
             return Ok(vec![Vec::new(); n]);
@@ -300,6 +294,17 @@ impl FlatIndex {
             })
             .collect())
     }
+}
+
+/// How many `dim`-long query vectors `queries` holds (an error if it is not whole rows).
+pub(crate) fn query_count(queries: &[f32], dim: usize) -> Result<usize, IndexError> {
+    if !queries.len().is_multiple_of(dim) {
+        return Err(IndexError::Settings(format!(
+            "query vectors have {} values, not a multiple of the index's {dim} dimensions",
+            queries.len()
+        )));
+    }
+    Ok(queries.len() / dim)
 }
 
 /// `bytes` as f32 values, when aligned (little-endian targets only).

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 
-use crate::dense::FlatIndex;
+use crate::dense::{query_count, FlatIndex};
 use crate::error::IndexError;
 
 const GRAPH: &str = "hnsw.usearch";
@@ -187,6 +187,7 @@ impl HnswIndex {
         dim: usize,
         k: usize,
     ) -> Result<Vec<Vec<(usize, f32)>>, IndexError> {
+        query_count(queries, dim)?;
         queries
             .par_chunks_exact(dim)
             .map(|q| {

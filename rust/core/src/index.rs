@@ -411,16 +411,7 @@ impl IndexDir {
     ) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
         let dense = self.dense()?;
         let rows = match &self.hnsw {
-            Some(graph) if !exact => {
-                if !queries.len().is_multiple_of(dense.dim()) {
-                    return Err(IndexError::Settings(format!(
-                        "query vectors have {} values, not a multiple of the index's {} dimensions",
-                        queries.len(),
-                        dense.dim()
-                    )));
-                }
-                graph.search(queries, dense.dim(), k)?
-            }
+            Some(graph) if !exact => graph.search(queries, dense.dim(), k)?,
             _ => dense.search(queries, k)?,
         };
         self.resolve(rows)

@@ -126,6 +126,23 @@ impl<'py, T: numpy::Element + for<'a> FromPyObject<'a, 'py> + Copy> Values<'py, 
     }
 }
 
+/// A 2-D float32 array's values, row-major (copied: the work runs without the GIL).
+fn row_major(array: numpy::PyReadonlyArray2<'_, f32>) -> Vec<f32> {
+    match array.as_slice() {
+        Ok(s) => s.to_vec(),
+        Err(_) => array.as_array().iter().copied().collect(),
+    }
+}
+
+/// Search results as the `(id, score, contents)` tuples Python receives.
+type HitTuples = Vec<Vec<(String, f32, String)>>;
+
+fn hit_tuples(hits: Vec<Vec<core::ScoredPassage>>) -> HitTuples {
+    hits.into_iter()
+        .map(|row| row.into_iter().map(|h| (h.id, h.score, h.contents)).collect())
+        .collect()
+}
+
 /// The action of one turn, as Search-R1 parses it.
 #[pyclass(frozen, eq, module = "searchr1._core", name = "Action")]
 #[derive(PartialEq)]
@@ -426,10 +443,7 @@ impl PyDenseWriter {
 
     /// Appends the vectors of the next passages (float32, shape `[n, dim]`).
     fn add(&mut self, py: Python<'_>, vectors: numpy::PyReadonlyArray2<'_, f32>) -> Result<()> {
-        let flat: Vec<f32> = match vectors.as_slice() {
-            Ok(s) => s.to_vec(),
-            Err(_) => vectors.as_array().iter().copied().collect(),
-        };
+        let flat = row_major(vectors);
         let writer = self.writer()?;
         py.detach(|| writer.add(&flat))?;
         Ok(())
@@ -585,7 +599,7 @@ impl PyIndex {
         queries: numpy::PyReadonlyArray2<'_, f32>,
         k: usize,
         exact: bool,
-    ) -> Result<Vec<Vec<(String, f32, String)>>> {
+    ) -> Result<HitTuples> {
         let dim = self.0.dense()?.dim();
         if queries.shape()[1] != dim {
             return Err(Error::Py(InputError::new_err(format!(
@@ -593,29 +607,15 @@ impl PyIndex {
                 queries.shape()[1]
             ))));
         }
-        let flat: Vec<f32> = match queries.as_slice() {
-            Ok(s) => s.to_vec(),
-            Err(_) => queries.as_array().iter().copied().collect(),
-        };
+        let flat = row_major(queries);
         let hits = py.detach(|| self.0.search_dense(&flat, k, exact))?;
-        Ok(hits
-            .into_iter()
-            .map(|row| row.into_iter().map(|h| (h.id, h.score, h.contents)).collect())
-            .collect())
+        Ok(hit_tuples(hits))
     }
 
     /// BM25 top `k` of each query: lists of `(id, score, contents)`, best first.
-    fn search_bm25(
-        &self,
-        py: Python<'_>,
-        queries: Vec<String>,
-        k: usize,
-    ) -> Result<Vec<Vec<(String, f32, String)>>> {
+    fn search_bm25(&self, py: Python<'_>, queries: Vec<String>, k: usize) -> Result<HitTuples> {
         let hits = py.detach(|| self.0.search_bm25(&queries, k))?;
-        Ok(hits
-            .into_iter()
-            .map(|row| row.into_iter().map(|h| (h.id, h.score, h.contents)).collect())
-            .collect())
+        Ok(hit_tuples(hits))
     }
 }
 
