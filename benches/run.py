@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_bm25
 import bench_dense
 import bench_pack
+import bench_rollout
 import bench_stop
 from common import machine
 
@@ -22,6 +23,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "stop": bench_stop.main([]),
         "pack": bench_pack.main([]),
+        "rollout": bench_rollout.main([]),
         "bm25": bench_bm25.main([]),
         "dense": bench_dense.main([]),
     }

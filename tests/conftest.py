@@ -39,3 +39,20 @@ def bpe_tokenizer():  # type: ignore[no-untyped-def]
     )
     tok.train_from_iterator(CORPUS * 20, trainer=trainer)
     return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A random 2-layer Qwen2 model with a ChatML BPE tokenizer, saved as a directory.
+
+    Its weights are large enough (std 0.5) that greedy decoding varies from step to step.
+    """
+    from searchr1.models import TinyModelConfig, init_model
+
+    texts = [
+        "who founded the city of Riverton? Riverton was founded by Alice Marlow in 1820.",
+        "<think> I need to search. </think> <search> Riverton founder </search>",
+        "<answer> Alice Marlow </answer>",
+    ] * 20
+    config = TinyModelConfig(vocab_size=600, hidden_size=128, num_heads=2, init_std=0.5)
+    return init_model(tmp_path_factory.mktemp("tiny") / "model", texts, config)

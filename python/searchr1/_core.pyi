@@ -92,6 +92,14 @@ class TokenStopChecker:
         """
     def stopped(self, row: int) -> int | None:
         """Which stop string sequence ``row`` stopped on, or ``None`` while it runs."""
+    def find(
+        self, sequences: Iterable[npt.NDArray[np.int64] | Sequence[int]]
+    ) -> list[tuple[int, int, int] | None]:
+        """The first stop string in each whole sequence of token ids, or ``None``.
+
+        A match is ``(token index, bytes of that token kept, which stop)``: what ``step``
+        would have reported token by token. Leaves the tracked sequences alone.
+        """
     @property
     def vocab_size(self) -> int:
         """Number of token ids in the vocabulary."""

@@ -30,5 +30,5 @@ pub use corpus::{CorpusReader, Passage};
 pub use error::{CorpusError, IndexError, PackError, TagError};
 pub use index::{BuildOptions, IndexDir, Manifest};
 pub use pack::{pack, pack_into, PackBuffers, PackConfig, PackedBatch, Segment, Trajectory};
-pub use stop::{StopAutomaton, TokenStopChecker, CONTINUE};
+pub use stop::{StopAutomaton, StopMatch, TokenStopChecker, CONTINUE};
 pub use tags::{parse_action, Action, ActionKind, StopScanner};

@@ -233,6 +233,42 @@ impl TokenStopChecker {
     pub fn stopped(&self, row: usize) -> Option<usize> {
         self.stopped.get(row).copied().flatten().map(usize::from)
     }
+
+    /// Finds the first stop string in a whole sequence of token ids, leaving the
+    /// tracked sequences alone: `(token index, bytes of that token kept, which stop)`.
+    ///
+    /// This is what [`step`](Self::step) would have reported token by token, for output
+    /// that another engine already generated.
+    pub fn find(&self, token_ids: &[i64]) -> Result<Option<StopMatch>, TagError> {
+        let mut state = 0u16;
+        for (position, &id) in token_ids.iter().enumerate() {
+            if id < 0 {
+                return Err(TagError::NegativeTokenId { position, id });
+            }
+            match self.automaton.run(state, self.token_bytes(id as usize)) {
+                Ok(next) => state = next,
+                Err((keep, which)) => {
+                    return Ok(Some(StopMatch {
+                        token: position,
+                        keep,
+                        which,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Where a stop string ends in a sequence of tokens (see [`TokenStopChecker::find`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopMatch {
+    /// Index of the token in which the stop string ends.
+    pub token: usize,
+    /// How many bytes of that token lie up to the end of the stop string.
+    pub keep: usize,
+    /// Which stop string matched.
+    pub which: usize,
 }
 
 #[cfg(test)]
@@ -328,6 +364,15 @@ mod tests {
                     break;
                 }
                 text.extend_from_slice(&vocab[id]);
+            }
+            let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            let found = c.find(&ids64).unwrap();
+            let from_find = found.map(|m| {
+                ids[..m.token].iter().map(|&i| vocab[i].len()).sum::<usize>() + m.keep
+            });
+            prop_assert_eq!(got, from_find);
+            if let Some(m) = found {
+                prop_assert_eq!(c.stopped(0), Some(m.which));
             }
             let all: Vec<u8> = ids.iter().flat_map(|&i| vocab[i].clone()).collect();
             let naive = stops

@@ -281,6 +281,26 @@ impl PyTokenStopChecker {
         self.0.stopped(row)
     }
 
+    /// The first stop string in each whole sequence; see the stub.
+    fn find<'py>(
+        &self,
+        py: Python<'py>,
+        sequences: &Bound<'py, PyAny>,
+    ) -> Result<Vec<Option<(usize, usize, usize)>>> {
+        let mut seqs = Vec::new();
+        for (i, seq) in sequences.try_iter()?.enumerate() {
+            seqs.push(Values::<i64>::extract(&seq?, || format!("sequences[{i}]"))?);
+        }
+        let slices: Vec<&[i64]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let found = py.detach(|| {
+            slices
+                .iter()
+                .map(|ids| self.0.find(ids))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        Ok(found.into_iter().map(|m| m.map(|m| (m.token, m.keep, m.which))).collect())
+    }
+
     /// Number of token ids in the vocabulary.
     #[getter]
     fn vocab_size(&self) -> usize {

