@@ -13,6 +13,7 @@ import bench_bm25
 import bench_dense
 import bench_pack
 import bench_rollout
+import bench_server
 import bench_stop
 from common import machine
 
@@ -26,6 +27,7 @@ def main() -> None:
         "rollout": bench_rollout.main([]),
         "bm25": bench_bm25.main([]),
         "dense": bench_dense.main([]),
+        "server": bench_server.main([]),
     }
     out = Path("bench-results")
     out.mkdir(exist_ok=True)

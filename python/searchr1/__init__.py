@@ -7,9 +7,16 @@ tag scanning, token-level stop checking, and packing rollouts into batch arrays.
 from __future__ import annotations
 
 from searchr1._core import __version__
-from searchr1.errors import CorpusError, IndexFormatError, InputError, PackError, SearchR1Error
+from searchr1.errors import (
+    CorpusError,
+    IndexFormatError,
+    InputError,
+    PackError,
+    RetrievalError,
+    SearchR1Error,
+)
 from searchr1.packing import PackedBatch, Segment, Trajectory, pack
-from searchr1.retrieval import Hit, Retriever
+from searchr1.retrieval import Hit, RemoteRetriever, Retriever
 from searchr1.tags import (
     SEARCH_R1_STOPS,
     Action,
@@ -29,6 +36,8 @@ __all__ = [
     "InputError",
     "PackError",
     "PackedBatch",
+    "RemoteRetriever",
+    "RetrievalError",
     "Retriever",
     "SearchR1Error",
     "Segment",

@@ -7,12 +7,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import MISSING
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from searchr1 import __version__
 from searchr1.errors import SearchR1Error
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 @contextmanager
@@ -223,6 +227,61 @@ def search_cmd(
             click.echo(f"  {rank}. [{hit.score:.3f}] {style(hit.title, fg='cyan')} (id {hit.id})")
             text = hit.text.replace("\n", " ")
             click.echo(f"     {text[:200]}{'…' if len(text) > 200 else ''}")
+
+
+def _serve_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
+    """A `serve` option whose help text and default are those of the ServerConfig field."""
+    from searchr1.retrieval.server import ServerConfig
+
+    spec = ServerConfig.__dataclass_fields__[name]
+    if spec.default is not MISSING and spec.default is not None and "default" not in kwargs:
+        kwargs.update(default=spec.default, show_default=True)
+    return click.option(f"--{name.replace('_', '-')}", *decls, help=spec.metadata["help"], **kwargs)
+
+
+@main.command("serve")
+@_serve_option(
+    "index",
+    "index_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@_serve_option("host")
+@_serve_option("port", type=click.IntRange(0, 65535))
+@_serve_option("topk", type=click.IntRange(1))
+@_serve_option("mode", type=click.Choice(["bm25", "dense", "hybrid"]))
+@_serve_option("device")
+@_serve_option("exact", is_flag=True)
+@_serve_option("max_topk", type=click.IntRange(1))
+@_serve_option("max_queries", type=click.IntRange(1))
+@_serve_option("max_body_bytes", type=click.IntRange(1))
+@_serve_option("body_timeout_s", type=click.FloatRange(0, min_open=True))
+@_serve_option("max_batch", type=click.IntRange(1))
+@_serve_option("max_wait_ms", type=click.FloatRange(0, 10_000))
+@_serve_option("allow_empty_queries", is_flag=True)
+@_serve_option("shutdown_timeout_s", type=click.IntRange(1))
+@_serve_option("log_level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve_cmd(index_dir: Path, **options: Any) -> None:
+    """Serve an index over HTTP with Search-R1's API (POST /retrieve).
+
+    Requests are {"queries": [...], "topk": 3, "return_scores": true}; the answer is
+    {"result": [[{"document": {"id", "contents"}, "score"}, ...] per query]}, so
+    Search-R1's trainer can use it as its search_url (http://HOST:PORT/retrieve).
+    GET /health says what is served; GET /metrics is Prometheus text.
+
+    Queries of concurrent requests are searched together in micro-batches (up to
+    --max-batch queries, waiting at most --max-wait-ms for more). Bad requests get a
+    4xx with {"error": "..."}. SIGTERM stops it gracefully (exit status 0).
+
+    \b
+    Example:
+      searchr1 serve --index indexes/wiki-18 --port 8000
+      curl -s localhost:8000/retrieve -d '{"queries": ["who wrote dune"], "topk": 3}'
+    """
+    from searchr1.retrieval.server import ServerConfig, serve
+
+    with _user_errors():
+        serve(ServerConfig(index=index_dir, **options))
 
 
 if __name__ == "__main__":

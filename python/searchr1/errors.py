@@ -7,7 +7,14 @@ The Rust core raises these same classes.
 
 from __future__ import annotations
 
-__all__ = ["CorpusError", "IndexFormatError", "InputError", "PackError", "SearchR1Error"]
+__all__ = [
+    "CorpusError",
+    "IndexFormatError",
+    "InputError",
+    "PackError",
+    "RetrievalError",
+    "SearchR1Error",
+]
 
 
 class SearchR1Error(Exception):
@@ -28,3 +35,13 @@ class CorpusError(InputError):
 
 class IndexFormatError(SearchR1Error):
     """An index directory is incomplete, corrupt, of another version or mismatched."""
+
+
+class RetrievalError(SearchR1Error):
+    """A retrieval server could not be reached, refused a request, or answered something
+    that is not a ``/retrieve`` response. ``status`` is the HTTP status when there was one.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,720 @@
+"""The retrieval HTTP server: Search-R1's ``POST /retrieve``, micro-batched.
+
+``POST /retrieve`` takes ``{"queries": [str], "topk": int | null, "return_scores": bool}``
+and answers ``{"result": [[{"document": {"id", "contents"}, "score"}, …] per query]}``
+(no ``"score"`` when ``return_scores`` is false), as Search-R1's retrieval server does.
+``GET /health`` says the server is up and what it serves; ``GET /metrics`` is Prometheus
+text (requests by status, latency, micro-batch sizes, errors).
+
+Concurrent requests are **micro-batched**: a collector task gathers the queries of the
+requests that arrive while the previous batch runs (and up to ``max_wait_ms`` after the
+first of them, up to ``max_batch`` queries), searches them in one call on a worker
+thread (BM25 in Rust with the GIL released; dense queries encoded together), and hands
+each request its own rows. The event loop never searches, so it keeps accepting,
+parsing and validating requests meanwhile.
+
+Bad input gets a 4xx with ``{"error": "…"}`` saying what was wrong; every limit is a
+:class:`ServerConfig` field (and a ``searchr1 serve`` option). This module imports
+starlette and uvicorn (the ``serve`` extra); ``import searchr1`` does not import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from searchr1.errors import InputError
+from searchr1.retrieval.index import MODES, Hit, Retriever
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "ApiError",
+    "Metrics",
+    "MicroBatcher",
+    "RetrieveRequest",
+    "ServerConfig",
+    "create_app",
+    "parse_retrieve",
+    "serve",
+]
+
+logger = logging.getLogger("uvicorn.error")
+
+JSON = "application/json"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+ENDPOINTS = ("/retrieve", "/health", "/metrics")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of ``searchr1 serve``; each field is also a command-line option."""
+
+    index: Path = field(metadata={"help": "Index directory built by `searchr1 index`."})
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Address to bind; loopback unless told otherwise (0.0.0.0: all)."},
+    )
+    port: int = field(default=8000, metadata={"help": "TCP port (0: any free port)."})
+    topk: int = field(
+        default=3, metadata={"help": "Hits per query when a request's topk is absent or null."}
+    )
+    mode: str | None = field(
+        default=None,
+        metadata={"help": "bm25, dense or hybrid [default: bm25 if the index has it, else dense]."},
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "Encoder device for dense and hybrid mode (cpu, cuda)."}
+    )
+    exact: bool = field(
+        default=False, metadata={"help": "Dense search over every vector, not the HNSW graph."}
+    )
+    max_topk: int = field(default=100, metadata={"help": "Largest topk a request may ask for."})
+    max_queries: int = field(
+        default=8192, metadata={"help": "Most queries in one request (413 beyond)."}
+    )
+    max_body_bytes: int = field(
+        default=8 << 20, metadata={"help": "Largest request body in bytes (413 beyond)."}
+    )
+    body_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "How long a request's body may take to arrive (408 beyond)."},
+    )
+    max_batch: int = field(
+        default=1024,
+        metadata={"help": "Most queries searched in one micro-batch; a larger request runs alone."},
+    )
+    max_wait_ms: float = field(
+        default=2.0,
+        metadata={
+            "help": "How long a micro-batch waits for more requests after its first one, "
+            "when the search thread is idle (requests that queue behind a running batch "
+            "wait for it anyway)."
+        },
+    )
+    allow_empty_queries: bool = field(
+        default=False,
+        metadata={
+            "help": "Search empty or blank queries instead of rejecting them with 422 "
+            "(Search-R1's trainer sends one when a model writes <search></search>)."
+        },
+    )
+    shutdown_timeout_s: int = field(
+        default=30,
+        metadata={"help": "On SIGTERM, how long requests in flight may take to finish."},
+    )
+    log_level: str = field(
+        default="info", metadata={"help": "uvicorn's log level (debug, info, warning, error)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port must be in 0..65535, not {self.port}")
+        for name in ("max_topk", "max_queries", "max_body_bytes", "max_batch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 1 <= self.topk <= self.max_topk:
+            raise InputError(f"topk must be in 1..max_topk ({self.max_topk}), not {self.topk}")
+        if self.mode is not None and self.mode not in MODES:
+            raise InputError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
+            raise InputError(f"max_wait_ms must be a finite number >= 0, not {self.max_wait_ms}")
+        if self.shutdown_timeout_s < 1:
+            raise InputError(
+                f"shutdown_timeout_s must be at least 1, not {self.shutdown_timeout_s}"
+            )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP ``status``, a message for the client, and the
+    ``reason`` label it is counted under in ``searchr1_errors_total``."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RetrieveRequest:
+    """A validated ``/retrieve`` body."""
+
+    queries: list[str]
+    topk: int
+    return_scores: bool
+
+
+def _type_name(value: object) -> str:
+    names = {dict: "object", list: "list", str: "str", bool: "bool", int: "int", float: "float"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def parse_retrieve(body: bytes, config: ServerConfig) -> RetrieveRequest:
+    """Validates a ``/retrieve`` body against ``config``'s limits.
+
+    Raises :class:`ApiError`: 400 when the body is not UTF-8 JSON, 422 when it is JSON
+    of the wrong shape (the message names the field, e.g. ``queries[2] is int, not str``),
+    413 when it holds more queries than ``config.max_queries``.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(
+            400,
+            f"the body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})",
+            "bad_utf8",
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"the body is not valid JSON: {e}", "bad_json") from None
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply", "bad_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, f"the body must be a JSON object, not {_type_name(data)}", "invalid")
+    if "queries" not in data:
+        raise ApiError(422, 'missing field "queries" (a list of strings)', "invalid")
+    queries = data["queries"]
+    if not isinstance(queries, list):
+        raise ApiError(422, f'"queries" is {_type_name(queries)}, not a list of strings', "invalid")
+    if not queries:
+        raise ApiError(422, '"queries" is empty; send at least one query', "invalid")
+    if len(queries) > config.max_queries:
+        raise ApiError(
+            413,
+            f"{len(queries)} queries exceed the limit of {config.max_queries} per request "
+            "(--max-queries); split them over several requests",
+            "too_many_queries",
+        )
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise ApiError(422, f"queries[{i}] is {_type_name(q)}, not str", "invalid")
+        if not q.strip() and not config.allow_empty_queries:
+            raise ApiError(
+                422,
+                f"queries[{i}] is {'empty' if not q else 'blank'} (--allow-empty-queries "
+                "lets the server search it)",
+                "invalid",
+            )
+        if not q.isascii():
+            try:
+                q.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    422, f"queries[{i}] holds a lone surrogate (\\ud800-\\udfff)", "invalid"
+                ) from None
+    topk = data.get("topk")
+    if topk is None:
+        topk = config.topk
+    elif not isinstance(topk, int) or isinstance(topk, bool):
+        raise ApiError(422, f'"topk" is {_type_name(topk)}, not an integer', "invalid")
+    elif topk < 1:
+        raise ApiError(422, f'"topk" must be at least 1, got {topk}', "invalid")
+    elif topk > config.max_topk:
+        raise ApiError(
+            422, f"topk {topk} exceeds the limit of {config.max_topk} (--max-topk)", "invalid"
+        )
+    return_scores = data.get("return_scores", False)
+    if not isinstance(return_scores, bool):
+        raise ApiError(
+            422, f'"return_scores" is {_type_name(return_scores)}, not true or false', "invalid"
+        )
+    return RetrieveRequest(queries, topk, return_scores)
+
+
+def response_body(rows: Sequence[Sequence[Hit]], return_scores: bool) -> bytes:
+    """The ``/retrieve`` answer for ``rows`` (one list of hits per query), as JSON bytes."""
+    result = [[hit.to_search_r1(return_scores) for hit in row] for row in rows]
+    return json.dumps({"result": result}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class _Histogram:
+    """A Prometheus histogram: cumulative counts at fixed upper bounds, sum and count."""
+
+    def __init__(self, name: str, help: str, buckets: Sequence[float]) -> None:
+        self.name, self.help, self.buckets = name, help, list(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        total = 0
+        for bound, n in zip([*self.buckets, math.inf], self.counts, strict=True):
+            total += n
+            le = "+Inf" if bound == math.inf else f"{bound:g}"
+            lines.append(f'{self.name}_bucket{{le="{le}"}} {total}')
+        lines += [f"{self.name}_sum {self.sum:.6g}", f"{self.name}_count {self.count}"]
+        return lines
+
+
+class _Counter:
+    """A Prometheus counter with labels."""
+
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.labels = name, help, tuple(labels)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *label_values: str, by: float = 1) -> None:
+        self.values[label_values] = self.values.get(label_values, 0) + by
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        if not self.labels:
+            lines.append(f"{self.name} {self.values.get((), 0):g}")
+        for values, n in sorted(self.values.items()):
+            if values:
+                pairs = ",".join(f'{k}="{v}"' for k, v in zip(self.labels, values, strict=True))
+                lines.append(f"{self.name}{{{pairs}}} {n:g}")
+        return lines
+
+
+class Metrics:
+    """What ``GET /metrics`` reports. Updated on the event loop's thread only."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests = _Counter(
+            "searchr1_requests_total", "HTTP requests answered.", ("endpoint", "status")
+        )
+        self.errors = _Counter(
+            "searchr1_errors_total",
+            "Requests that failed, by reason (bad_json, bad_utf8, body_too_large, body_timeout, "
+            "too_many_queries, invalid, not_found, method_not_allowed, disconnected, internal).",
+            ("reason",),
+        )
+        self.queries = _Counter("searchr1_queries_total", "Queries answered.")
+        self.latency = _Histogram(
+            "searchr1_request_seconds",
+            "Time from receiving a /retrieve request to handing back its answer.",
+            [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+        )
+        sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+        self.batch_queries = _Histogram(
+            "searchr1_batch_queries", "Queries (repeats too) answered by one micro-batch.", sizes
+        )
+        self.batch_requests = _Histogram(
+            "searchr1_batch_requests", "Requests answered by one micro-batch.", sizes
+        )
+        self.batch_seconds = _Histogram(
+            "searchr1_batch_seconds",
+            "Time one micro-batch takes to search (and encode) on the search thread.",
+            [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        )
+        self.pending: Callable[[], int] = lambda: 0
+
+    def render(self) -> bytes:
+        lines: list[str] = []
+        for metric in (
+            self.requests,
+            self.errors,
+            self.queries,
+            self.latency,
+            self.batch_queries,
+            self.batch_requests,
+            self.batch_seconds,
+        ):
+            lines += metric.render()
+        lines += [
+            "# HELP searchr1_pending_queries Queries waiting for the search thread now.",
+            "# TYPE searchr1_pending_queries gauge",
+            f"searchr1_pending_queries {self.pending()}",
+            "# HELP searchr1_start_time_seconds When the server started (Unix time).",
+            "# TYPE searchr1_start_time_seconds gauge",
+            f"searchr1_start_time_seconds {self.started:.3f}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+class _Instrumented:
+    """ASGI wrapper that counts every HTTP response by endpoint and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.requests.inc(path, str(status))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@dataclass
+class _Job:
+    """One request's share of a micro-batch."""
+
+    request: RetrieveRequest
+    future: asyncio.Future[bytes]
+    arrived: float
+
+
+class MicroBatcher:
+    """Gathers the queries of concurrent requests and searches them in one call.
+
+    ``submit`` queues a request and waits for its answer; a collector task takes queued
+    requests (whole, up to ``max_batch`` queries; a larger request goes alone), waiting
+    at most ``max_wait_s`` after the first for more, and runs ``search_batch`` on one
+    worker thread. ``search_batch`` gets the requests and returns, per request, its
+    response body or the exception that request should fail with.
+    """
+
+    def __init__(
+        self,
+        search_batch: Callable[[list[RetrieveRequest]], list[bytes | Exception]],
+        max_batch: int,
+        max_wait_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._search_batch = search_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.metrics = metrics
+        self._pending: deque[_Job] = deque()
+        self._pending_queries = 0
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="searchr1-search")
+        self._task: asyncio.Task[None] | None = None
+        metrics.pending = lambda: self._pending_queries
+
+    async def __aenter__(self) -> MicroBatcher:
+        self._task = asyncio.create_task(self._collect(), name="searchr1-batcher")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._pending:
+            job.future.cancel()
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, request: RetrieveRequest) -> bytes:
+        """Queues ``request`` for the next micro-batch; returns its response body."""
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop.create_future(), loop.time())
+        self._pending.append(job)
+        self._pending_queries += len(request.queries)
+        self._wake.set()
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        """Pops the next micro-batch off the queue (jobs whose caller left are dropped)."""
+        batch: list[_Job] = []
+        size = 0
+        while self._pending:
+            job = self._pending[0]
+            n = len(job.request.queries)
+            if batch and size + n > self.max_batch:
+                break
+            self._pending.popleft()
+            self._pending_queries -= n
+            if not job.future.done():
+                batch.append(job)
+                size += n
+        return batch
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            deadline = self._pending[0].arrived + self.max_wait_s
+            while self._pending_queries < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            requests = [job.request for job in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._search_batch, requests)
+            except asyncio.CancelledError:
+                for job in batch:
+                    job.future.cancel()
+                raise
+            except Exception as e:  # a bug in search_batch: fail this batch, keep serving
+                results = [e] * len(batch)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_requests.observe(len(batch))
+            self.metrics.batch_queries.observe(sum(len(r.queries) for r in requests))
+            for job, result in zip(batch, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+
+def search_batch(
+    retriever: Retriever, mode: str, exact: bool = False
+) -> Callable[[list[RetrieveRequest]], list[bytes | Exception]]:
+    """The search of one micro-batch: one ``retriever.search`` call per distinct topk
+    (usually one) over the distinct queries of the requests that asked for it (GRPO
+    groups often repeat a query), whose rows are split back into each request's body."""
+
+    def run(requests: list[RetrieveRequest]) -> list[bytes | Exception]:
+        out: list[bytes | Exception] = [b""] * len(requests)
+        by_topk: dict[int, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_topk.setdefault(request.topk, []).append(i)
+        for topk, members in by_topk.items():
+            distinct = list(dict.fromkeys(q for i in members for q in requests[i].queries))
+            try:
+                rows = retriever.search(distinct, k=topk, mode=mode, exact=exact)
+            except Exception as e:
+                for i in members:
+                    out[i] = e
+                continue
+            found = dict(zip(distinct, rows, strict=True))
+            for i in members:
+                mine = [found[q] for q in requests[i].queries]
+                out[i] = response_body(mine, requests[i].return_scores)
+        return out
+
+    return run
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def resolve_mode(retriever: Retriever, mode: str | None) -> str:
+    """``mode``, checked against what the index supports (default: bm25, else dense)."""
+    if mode is None:
+        return "bm25" if "bm25" in retriever.modes else retriever.modes[0]
+    if mode not in retriever.modes:
+        raise InputError(f"{retriever.path} cannot serve {mode} mode (it has: {retriever.modes})")
+    return mode
+
+
+def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
+    """The ASGI application serving ``retriever`` under ``config``'s limits."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from searchr1 import __version__
+
+    def error(status: int, message: str) -> Response:
+        return Response(json.dumps({"error": message}), status, media_type=JSON)
+
+    mode = resolve_mode(retriever, config.mode)
+    metrics = Metrics()
+    batcher: MicroBatcher | None = None
+    health = json.dumps(
+        {
+            "status": "ok",
+            "version": __version__,
+            "index": str(retriever.path),
+            "passages": len(retriever),
+            "mode": mode,
+            "modes": list(retriever.modes),
+            "topk": config.topk,
+            "max_topk": config.max_topk,
+            "max_queries": config.max_queries,
+        }
+    ).encode()
+
+    async def read_body(request: Request) -> bytes:
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(
+                413,
+                f"the body is {int(declared)} bytes, over the limit of {limit} (--max-body-bytes)",
+                "body_too_large",
+            )
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(
+                            413,
+                            f"the body is over the limit of {limit} bytes (--max-body-bytes)",
+                            "body_too_large",
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"the body did not arrive within {config.body_timeout_s:g} s "
+                f"({size} bytes came; --body-timeout-s)",
+                "body_timeout",
+            ) from None
+        return b"".join(chunks)
+
+    async def retrieve(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            parsed = parse_retrieve(await read_body(request), config)
+            assert batcher is not None, "the lifespan starts the batcher before requests"
+            body = await batcher.submit(parsed)
+        except ApiError as e:
+            metrics.errors.inc(e.reason)
+            return error(e.status, e.message)
+        except ClientDisconnect:
+            metrics.errors.inc("disconnected")
+            return Response(status_code=400)  # nobody is there to read it
+        except InputError as e:  # the retriever refused the batch; never expected here
+            metrics.errors.inc("invalid")
+            return error(422, str(e))
+        except Exception as e:
+            metrics.errors.inc("internal")
+            logger.exception("searching failed")
+            return error(500, f"internal error while searching: {type(e).__name__}: {e}")
+        metrics.queries.inc(by=len(parsed.queries))
+        metrics.latency.observe(time.perf_counter() - started)
+        return Response(body, media_type=JSON)
+
+    async def get_health(request: Request) -> Response:
+        return Response(health, media_type=JSON)
+
+    async def get_metrics(request: Request) -> Response:
+        return Response(metrics.render(), media_type=PROMETHEUS)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            metrics.errors.inc("not_found")
+            message = (
+                f"no endpoint {request.url.path}; "
+                "this server has POST /retrieve, GET /health and GET /metrics"
+            )
+        elif exc.status_code == 405:
+            metrics.errors.inc("method_not_allowed")
+            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            message = f"{request.url.path} takes {allowed}, not {request.method}"
+        else:
+            metrics.errors.inc("invalid")
+            message = str(exc.detail)
+        return error(exc.status_code, message)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal batcher
+        run = search_batch(retriever, mode, config.exact)
+        async with MicroBatcher(run, config.max_batch, config.max_wait_ms / 1000, metrics) as b:
+            batcher = b
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/retrieve", retrieve, methods=["POST"]),
+            Route("/health", get_health, methods=["GET"]),
+            Route("/metrics", get_metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    return _Instrumented(app, metrics)
+
+
+@contextlib.contextmanager
+def _sigterm_exits_cleanly() -> Iterator[None]:
+    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the
+    handler it found; a handler that does nothing lets the process exit with status 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve(config: ServerConfig) -> None:
+    """Opens the index, warms it up, and serves it until SIGTERM or Ctrl-C.
+
+    Raises :class:`~searchr1.errors.SearchR1Error` (or ``OSError``) before binding when
+    the index cannot be opened or cannot serve the mode asked for.
+    """
+    import uvicorn
+
+    retriever = Retriever.open(config.index, device=config.device)
+    mode = resolve_mode(retriever, config.mode)
+    started = time.perf_counter()
+    retriever.search(["warm up"], k=config.topk, mode=mode, exact=config.exact)  # loads the encoder
+    server_config = uvicorn.Config(
+        create_app(config, retriever),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=config.shutdown_timeout_s,
+        server_header=False,
+    )  # sets up uvicorn's loggers, ours among them
+    logger.info(
+        "searchr1 serve: %s (%d passages, %s mode) ready in %.1fs; micro-batches of up to "
+        "%d queries, %.1f ms wait",
+        config.index,
+        len(retriever),
+        mode,
+        time.perf_counter() - started,
+        config.max_batch,
+        config.max_wait_ms,
+    )
+    server = uvicorn.Server(server_config)
+    with _sigterm_exits_cleanly():
+        server.run()
