@@ -284,5 +284,58 @@ def serve_cmd(index_dir: Path, **options: Any) -> None:
         serve(ServerConfig(index=index_dir, **options))
 
 
+@main.command("train")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Run config (YAML; see configs/).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.FIELD=VALUE",
+    help="Change one field of the config (repeatable), e.g. --set rl.kl_coef=0.01.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from the newest checkpoint in run.output_dir, exactly where it stopped.",
+)
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+def train_cmd(
+    config_path: Path, overrides: tuple[str, ...], resume: bool, print_config: bool
+) -> None:
+    """Train a policy with RL to reason and search (PPO, GRPO, RLOO, REINFORCE++).
+
+    Each step rolls out questions with search, scores the answers, and updates the
+    policy on the tokens it generated (retrieved tokens are masked). Metrics go to
+    OUTPUT_DIR/metrics.jsonl (and TensorBoard or wandb when installed); checkpoints
+    to OUTPUT_DIR/checkpoints/step_N, each with a loadable model in actor/.
+
+    \b
+    Examples:
+      searchr1 train --config configs/toy.yaml
+      searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set run.total_steps=200
+      searchr1 train --config configs/toy.yaml --resume
+    """
+    from searchr1.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_yaml(config_path, overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config/--set") from exc
+    if print_config:
+        click.echo(config.to_yaml(), nl=False)
+        return
+    from searchr1.rl.trainer import train
+
+    with _user_errors():
+        last = train(config, resume=resume)
+    click.echo(f"done: the last checkpoint is {last}")
+
+
 if __name__ == "__main__":
     main()

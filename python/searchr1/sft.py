@@ -124,7 +124,7 @@ def sft(
         mask = batch["loss_mask"]
         loss = (nll * mask).sum() / mask.sum().clamp(min=1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()

@@ -1,0 +1,291 @@
+"""Run configuration: one flat dataclass per concern, read from YAML, overridable.
+
+A YAML file has one section per dataclass (``model``, ``data``, ``retrieval``,
+``rollout``, ``rl``, ``run``), each a flat mapping of its fields. The command line
+changes single fields with ``--set section.field=value`` (the value read as YAML).
+Unknown sections or fields, and values of the wrong type, are errors that name the
+file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from searchr1.rollout.loop import RolloutConfig
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "RLConfig",
+    "RetrievalConfig",
+    "RunConfig",
+    "TrainConfig",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy model and how it generates."""
+
+    path: str = field(default="", metadata={"help": "model directory (transformers format)"})
+    engine: Literal["hf", "vllm"] = field(
+        default="hf", metadata={"help": "rollout engine: hf (transformers) or vllm"}
+    )
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, else f32)"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "trade compute for memory in backward"}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.4, metadata={"help": "share of the GPU vLLM may take when colocated"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"model.engine must be hf or vllm, got {self.engine!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Question-answer files (JSONL rows with question and golden_answers)."""
+
+    train_files: list[str] = field(default_factory=list, metadata={"help": "training QA files"})
+    val_files: list[str] = field(default_factory=list, metadata={"help": "validation QA files"})
+    val_size: int | None = field(
+        default=None, metadata={"help": "validate on at most this many questions"}
+    )
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Where searches go: an index directory (in-process) or a server URL."""
+
+    index: str | None = field(default=None, metadata={"help": "index directory"})
+    url: str | None = field(default=None, metadata={"help": "retrieval server URL"})
+    mode: Literal["bm25", "dense", "hybrid"] = field(
+        default="bm25", metadata={"help": "search mode of an in-process index"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.index and self.url:
+            raise ValueError("give retrieval.index or retrieval.url, not both")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """The algorithm and its optimisation (Search-R1's defaults; see shared DESIGN)."""
+
+    algorithm: Literal["grpo", "ppo", "rloo", "reinforce++"] = field(
+        default="grpo", metadata={"help": "grpo, ppo (GAE with a critic), rloo, reinforce++"}
+    )
+    group_size: int = field(default=5, metadata={"help": "responses per prompt (GRPO, RLOO)"})
+    batch_size: int = field(default=512, metadata={"help": "prompts per step"})
+    mini_batch_size: int = field(
+        default=256, metadata={"help": "trajectories per optimizer step (0: the whole batch)"}
+    )
+    micro_batch_size: int = field(
+        default=8, metadata={"help": "trajectories per forward/backward (accumulated)"}
+    )
+    ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch"})
+    reward: str = field(default="em", metadata={"help": "reward name: em, f1, format, ..."})
+    clip: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    dual_clip: float | None = field(default=None, metadata={"help": "dual-clip c (> 1) or off"})
+    value_clip: float = field(default=0.5, metadata={"help": "value loss clip (PPO)"})
+    gamma: float = field(default=1.0, metadata={"help": "discount (PPO, REINFORCE++)"})
+    lam: float = field(default=1.0, metadata={"help": "GAE lambda (PPO)"})
+    norm_adv_by_std: bool = field(default=True, metadata={"help": "GRPO: divide by group std"})
+    kl_coef: float = field(
+        default=0.001, metadata={"help": "KL coefficient; 0 drops the reference"}
+    )
+    kl_estimator: str = field(default="k3", metadata={"help": "k1, k2 or k3 (low variance)"})
+    kl_in_reward: bool = field(
+        default=False, metadata={"help": "KL as a reward penalty (PPO) instead of a loss term"}
+    )
+    entropy_coef: float = field(default=0.001, metadata={"help": "entropy bonus coefficient"})
+    state_masking: bool = field(
+        default=True, metadata={"help": "no loss on retrieved tokens (off: the paper's ablation)"}
+    )
+    actor_lr: float = field(default=1e-6, metadata={"help": "actor learning rate"})
+    critic_lr: float = field(default=1e-5, metadata={"help": "critic learning rate"})
+    warmup_ratio: float = field(default=0.285, metadata={"help": "linear warm-up share of steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("grpo", "ppo", "rloo", "reinforce++"):
+            raise ValueError(f"rl.algorithm: unknown {self.algorithm!r}")
+        for name in ("group_size", "batch_size", "micro_batch_size", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"rl.group_size must be >= 2 for {self.algorithm}")
+        if self.mini_batch_size < 0:
+            raise ValueError("rl.mini_batch_size must be >= 0")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"rl.dual_clip must be > 1, got {self.dual_clip}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"rl.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length of the run, checkpoints, validation and logging."""
+
+    output_dir: str = field(default="runs/searchr1", metadata={"help": "where everything goes"})
+    total_steps: int = field(default=100, metadata={"help": "training steps"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (0: end only)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    eval_every: int = field(default=0, metadata={"help": "validate every N steps (0: never)"})
+    seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs if present"})
+    wandb_project: str | None = field(default=None, metadata={"help": "log to wandb if set"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"run.total_steps must be >= 1, got {self.total_steps}")
+        if self.save_every < 0 or self.eval_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError("run.save_every/eval_every must be >= 0, keep_checkpoints >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run reads."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Builds a config from nested mappings, checking names and types."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        sections = {f.name: f for f in fields(cls)}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}"
+            )
+        built = {}
+        for name, f in sections.items():
+            section_type = _resolve(cls, f.type)
+            built[name] = _build(section_type, raw.get(name) or {}, f"{source}: {name}")
+        return cls(**built)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+        """Reads ``path`` and applies ``overrides`` (``section.field=value`` strings)."""
+        import yaml
+
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_dict(raw, str(path)).override(overrides)
+
+    def override(self, overrides: Sequence[str]) -> TrainConfig:
+        """A copy with ``section.field=value`` overrides applied (values read as YAML)."""
+        import yaml
+
+        raw = self.to_dict()
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not sep or not dot:
+                raise ValueError(f"--set {item!r}: expected section.field=value")
+            if section not in raw or name not in raw[section]:
+                known = sorted(raw.get(section, {})) if section in raw else sorted(raw)
+                raise ValueError(f"--set {item!r}: unknown {key.strip()!r}; known: {known}")
+            raw[section][name] = yaml.safe_load(value)
+        return TrainConfig.from_dict(raw, "--set")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain data (what the YAML holds)."""
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+
+    def to_yaml(self) -> str:
+        """The config as YAML, one section per concern."""
+        import yaml
+
+        text: str = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return text
+
+
+def _resolve(owner: type, annotation: Any) -> Any:
+    """A field's type, with string annotations (``from __future__``) evaluated."""
+    if isinstance(annotation, str):
+        hints = typing.get_type_hints(owner)
+        for f in fields(owner):
+            if f.type == annotation:
+                return hints[f.name]
+    return annotation
+
+
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    values = {name: _check(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def _check(annotation: Any, value: Any, where: str) -> Any:
+    """``value`` if it fits ``annotation`` (ints widen to floats, lists to tuples)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _check(option, value, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: {value!r} is not {_name(annotation)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{where}: expected null")
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "")

@@ -1,0 +1,553 @@
+"""The training loop: rollout -> reward -> advantages -> update -> sync -> log -> checkpoint.
+
+:func:`train` runs a whole :class:`~searchr1.config.TrainConfig`. One step, top to bottom:
+
+1. take the next ``batch_size`` questions; each is asked ``group_size`` times, with a
+   group id unique over the whole run;
+2. roll out every trajectory with search (:func:`searchr1.rollout.run_rollouts`);
+3. score each response with the configured reward;
+4. recompute the old log-probs with the actor, the reference's, and (PPO) the values;
+5. advantages: GRPO/RLOO from the group's scores, GAE with the critic, or REINFORCE++;
+6. PPO-clip updates over mini-batches, accumulating micro-batches, on the loss-mask
+   tokens only (with ``state_masking`` off, retrieved tokens get loss too);
+7. push the new weights to the engine (vLLM), log the metrics, checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from searchr1.config import TrainConfig
+from searchr1.data import QAExample, load_qa
+from searchr1.reward import exact_match, get_reward
+from searchr1.rl.algos import (
+    gae_advantages,
+    grpo_advantages,
+    kl_penalty,
+    masked_mean,
+    ppo_policy_loss,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    value_loss,
+)
+from searchr1.rl.checkpoint import latest_checkpoint, load_rng_state, rng_state, save_checkpoint
+from searchr1.rl.modeling import ValueModel, response_logprobs, response_values
+from searchr1.rollout import HFEngine, run_rollouts, tokenize_prompts
+
+__all__ = ["DataStream", "Trainer", "train"]
+
+
+@dataclass
+class DataStream:
+    """The questions in a seeded order per epoch; its position is part of a checkpoint."""
+
+    size: int
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def take(self, n: int) -> list[int]:
+        """The next ``n`` example indices, crossing into new epochs as needed."""
+        out: list[int] = []
+        while len(out) < n:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+            chunk = order[self.position : self.position + n - len(out)]
+            out.extend(int(i) for i in chunk)
+            self.position += len(chunk)
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+
+def _backward(loss: torch.Tensor) -> None:
+    loss.backward()  # type: ignore[no-untyped-call]
+
+
+def _scalar(x: Any) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.model.device != "auto":
+        return torch.device(config.model.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _micro_batches(
+    batch: dict[str, torch.Tensor], idx: torch.Tensor, size: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    for start in range(0, len(idx), size):
+        rows = idx[start : start + size]
+        yield {k: v[rows] for k, v in batch.items()}
+
+
+class Trainer:
+    """Holds the models, optimizers and data of a run; :meth:`step` is one RL step."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        rl = config.rl
+        if not config.model.path:
+            raise ValueError("model.path is not set")
+        if not config.data.train_files:
+            raise ValueError("data.train_files is empty")
+        self.device = _device(config)
+        self.autocast = self.device.type == "cuda"
+        self.out = Path(config.run.output_dir)
+
+        # --- models -------------------------------------------------------------------
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+        auto: Any = AutoModelForCausalLM
+        self.actor = auto.from_pretrained(config.model.path, dtype=torch.float32).to(self.device)
+        if config.model.gradient_checkpointing:
+            self.actor.gradient_checkpointing_enable()
+        self.ref = None
+        if rl.kl_coef > 0:
+            self.ref = copy.deepcopy(self.actor).eval().requires_grad_(False)
+        self.critic: ValueModel | None = None
+        if rl.algorithm == "ppo":
+            self.critic = ValueModel.from_pretrained(config.model.path).to(self.device)
+            if config.model.gradient_checkpointing:
+                self.critic.backbone.gradient_checkpointing_enable()  # type: ignore[operator]
+
+        # --- rollouts: engine and retriever -------------------------------------------
+        self.engine: Any
+        if config.model.engine == "vllm":
+            from searchr1.rollout.vllm import VLLMEngine
+
+            self.engine = VLLMEngine(
+                config.model.path,
+                max_model_len=config.rollout.max_length,
+                gpu_memory_utilization=config.model.vllm_gpu_memory_utilization,
+                enable_sleep_mode=self.device.type == "cuda",
+            )
+        else:
+            # The engine samples from the very module being trained: nothing to sync.
+            self.engine = HFEngine(self.actor, self.tokenizer)
+        self.retriever = self._retriever()
+        self.reward_fn = get_reward(rl.reward)
+
+        # --- data -------------------------------------------------------------------------
+        self.train_data = load_qa(config.data.train_files)
+        self.val_data = load_qa(config.data.val_files) if config.data.val_files else []
+        if config.data.val_size is not None:
+            self.val_data = self.val_data[: config.data.val_size]
+        self.stream = DataStream(len(self.train_data), config.run.seed)
+
+        # --- optimisation -----------------------------------------------------------------
+        self.actor_opt = torch.optim.AdamW(
+            self.actor.parameters(), lr=rl.actor_lr, weight_decay=rl.weight_decay
+        )
+        self.actor_sched = self._schedule(self.actor_opt)
+        self.critic_opt = self.critic_sched = None
+        if self.critic is not None:
+            self.critic_opt = torch.optim.AdamW(
+                self.critic.parameters(), lr=rl.critic_lr, weight_decay=rl.weight_decay
+            )
+            self.critic_sched = self._schedule(self.critic_opt)
+        self.step_no = 0
+
+    def _retriever(self) -> Any:
+        cfg = self.config.retrieval
+        if cfg.url:
+            from searchr1.retrieval.client import RemoteRetriever
+
+            return RemoteRetriever(cfg.url)
+        if cfg.index:
+            from searchr1.retrieval import Retriever
+
+            retriever = Retriever.open(cfg.index)
+            mode = cfg.mode
+
+            class _InMode:  # the loop calls search(queries, k); the mode is the config's
+                def search(self, queries: list[str], k: int = 3) -> Any:
+                    return retriever.search(queries, k=k, mode=mode)
+
+            return _InMode()
+        return None
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        warmup = math.floor(self.config.rl.warmup_ratio * self.config.run.total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def step(self) -> dict[str, float]:
+        """One RL step; returns its metrics."""
+        cfg, rl = self.config, self.config.rl
+        step = self.step_no
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        # 1. Questions, each asked group_size times; group ids unique across the run.
+        picked = self.stream.take(rl.batch_size)
+        examples = [self.train_data[i] for i in picked for _ in range(rl.group_size)]
+        group_ids = np.repeat(step * rl.batch_size + np.arange(rl.batch_size), rl.group_size)
+
+        # 2. Rollouts with search.
+        t = time.perf_counter()
+        self.actor.eval()
+        prompts = tokenize_prompts(self.tokenizer, [e.question for e in examples])
+        rollout_cfg = replace(cfg.rollout, seed=cfg.run.seed * 1_000_003 + step)
+        result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg)
+        timings["time/rollout"] = time.perf_counter() - t
+        timings["time/retrieval"] = result.search_seconds
+
+        # 3. Rewards.
+        scores = torch.tensor(
+            [
+                self.reward_fn(r, e.golden_answers)
+                for r, e in zip(result.responses, examples, strict=True)
+            ],
+            dtype=torch.float32,
+        )
+        em = [
+            exact_match(r, e.golden_answers)
+            for r, e in zip(result.responses, examples, strict=True)
+        ]
+
+        # 4. Old log-probs, reference log-probs, values (no gradients).
+        t = time.perf_counter()
+        batch = result.batch.to_torch(self.device)
+        response_mask = batch["attention_mask"][:, -batch["loss_mask"].shape[1] :].float()
+        mask = batch["loss_mask"] if rl.state_masking else response_mask
+        batch["mask"] = mask
+        with torch.no_grad(), self._autocast():
+            rows = torch.arange(len(examples), device=self.device)
+            old, ref, values = [], [], []
+            for micro in _micro_batches(batch, rows, rl.micro_batch_size):
+                old.append(response_logprobs(self.actor, micro, cfg.rollout.temperature)[0])
+                if self.ref is not None:
+                    ref.append(response_logprobs(self.ref, micro, cfg.rollout.temperature)[0])
+                if self.critic is not None:
+                    values.append(response_values(self.critic, micro))
+        batch["old_logprobs"] = torch.cat(old).float()
+        if ref:
+            batch["ref_logprobs"] = torch.cat(ref).float()
+        if values:
+            batch["values"] = torch.cat(values).float()
+        timings["time/forward_old"] = time.perf_counter() - t
+
+        # 5. Advantages. The outcome reward sits on the last token the policy sampled.
+        token_rewards = torch.zeros_like(mask)
+        positions = torch.arange(mask.shape[1], device=self.device).expand_as(mask)
+        last = torch.where(mask > 0, positions, -1).max(dim=1).values
+        has = last >= 0
+        token_rewards[has, last[has]] = scores.to(self.device)[has]
+        kl_metric = torch.zeros(())
+        if "ref_logprobs" in batch:
+            kl_tokens = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], "k1")
+            kl_metric = masked_mean(kl_tokens, mask)
+            if rl.kl_in_reward:
+                token_rewards = token_rewards - rl.kl_coef * kl_tokens * mask
+        groups = torch.from_numpy(group_ids).to(self.device)
+        if rl.algorithm == "grpo":
+            advantages = grpo_advantages(scores.to(self.device), groups, mask, rl.norm_adv_by_std)
+        elif rl.algorithm == "rloo":
+            advantages = rloo_advantages(scores.to(self.device), groups, mask)
+        elif rl.algorithm == "reinforce++":
+            advantages = reinforce_pp_advantages(token_rewards, mask, rl.gamma)
+        else:
+            advantages, returns = gae_advantages(
+                token_rewards, batch["values"], mask, rl.gamma, rl.lam
+            )
+            batch["returns"] = returns
+        batch["advantages"] = advantages
+
+        # 6. Updates: ppo_epochs x mini-batches, accumulating micro-batches.
+        t = time.perf_counter()
+        stats = self._update(batch, step)
+        timings["time/update"] = time.perf_counter() - t
+        self.actor_sched.step()
+        if self.critic_sched is not None:
+            self.critic_sched.step()
+
+        # 7. Weights to the engine (the HF engine shares the actor's).
+        t = time.perf_counter()
+        if cfg.model.engine == "vllm":
+            self.engine.load_weights(self.actor.state_dict().items())
+        timings["time/sync"] = time.perf_counter() - t
+
+        self.step_no += 1
+        rollout = result.metrics()
+        metrics = {
+            "step": float(self.step_no),
+            "reward": float(scores.mean()),
+            "em": float(np.mean(em)),
+            "searches": rollout["searches"],
+            "turns": rollout["turns"],
+            "valid_actions": rollout["valid_actions"],
+            "finished": rollout["finished"],
+            "search_failures": rollout["search_failures"],
+            "response_length": rollout["response_length"],
+            "kl": float(kl_metric),
+            "lr": float(self.actor_sched.get_last_lr()[0]),
+            **stats,
+            **timings,
+            "time/step": time.perf_counter() - started,
+        }
+        return metrics
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
+
+    def _update(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        rl = self.config.rl
+        n = batch["input_ids"].shape[0]
+        mini = rl.mini_batch_size or n
+        sums: dict[str, float] = defaultdict(float)
+        count = 0
+        generator = torch.Generator().manual_seed(self.config.run.seed * 7919 + step)
+        self.actor.train()
+        if self.critic is not None:
+            self.critic.train()
+        for _ in range(rl.ppo_epochs):
+            order = torch.randperm(n, generator=generator).to(self.device)
+            for start in range(0, n, mini):
+                rows = order[start : start + mini]
+                tokens = batch["mask"][rows].sum().clamp(min=1)
+                self.actor_opt.zero_grad(set_to_none=True)
+                if self.critic_opt is not None:
+                    self.critic_opt.zero_grad(set_to_none=True)
+                for micro in _micro_batches(batch, rows, rl.micro_batch_size):
+                    weight = micro["mask"].sum() / tokens
+                    with self._autocast():
+                        logprobs, entropy = response_logprobs(
+                            self.actor, micro, self.config.rollout.temperature, with_entropy=True
+                        )
+                    logprobs = logprobs.float()
+                    pg_loss, pg_stats = ppo_policy_loss(
+                        logprobs,
+                        micro["old_logprobs"],
+                        micro["advantages"],
+                        micro["mask"],
+                        clip=rl.clip,
+                        dual_clip=rl.dual_clip,
+                    )
+                    assert entropy is not None
+                    ent = masked_mean(entropy.float(), micro["mask"])
+                    loss = pg_loss - rl.entropy_coef * ent
+                    if "ref_logprobs" in micro and not rl.kl_in_reward:
+                        kl = masked_mean(
+                            kl_penalty(logprobs, micro["ref_logprobs"], rl.kl_estimator),
+                            micro["mask"],
+                        )
+                        loss = loss + rl.kl_coef * kl
+                        sums["kl_loss"] += _scalar(kl) * _scalar(weight)
+                    _backward(loss * weight)
+                    sums["pg_loss"] += _scalar(pg_loss) * _scalar(weight)
+                    sums["entropy"] += _scalar(ent) * _scalar(weight)
+                    for key, value in pg_stats.items():
+                        sums[key] += _scalar(value) * _scalar(weight)
+                    if self.critic is not None:
+                        with self._autocast():
+                            values = response_values(self.critic, micro)
+                        v_loss, _ = value_loss(
+                            values.float(),
+                            micro["values"],
+                            micro["returns"],
+                            micro["mask"],
+                            rl.value_clip,
+                        )
+                        _backward(v_loss * weight)
+                        sums["value_loss"] += _scalar(v_loss) * _scalar(weight)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.actor.parameters(), rl.max_grad_norm
+                )
+                sums["grad_norm"] += float(grad_norm)
+                self.actor_opt.step()
+                if self.critic is not None and self.critic_opt is not None:
+                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), rl.max_grad_norm)
+                    self.critic_opt.step()
+                count += 1
+        self.actor.eval()
+        out = {k: v / count for k, v in sums.items()}
+        return out
+
+    # --- validation -------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """Greedy rollouts on the validation set: EM per data source and overall."""
+        if not self.val_data:
+            return {}
+        self.actor.eval()
+        prompts = tokenize_prompts(self.tokenizer, [e.question for e in self.val_data])
+        rollout_cfg = replace(self.config.rollout, temperature=0.0, seed=None)
+        result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg)
+        return evaluate(result.responses, self.val_data, result.stats, prefix="val/")
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        state = {
+            "step": self.step_no,
+            "stream": asdict(self.stream),
+            "actor_opt": self.actor_opt.state_dict(),
+            "actor_sched": self.actor_sched.state_dict(),
+            "rng": rng_state(),
+        }
+        if self.critic_opt is not None and self.critic_sched is not None:
+            state["critic_opt"] = self.critic_opt.state_dict()
+            state["critic_sched"] = self.critic_sched.state_dict()
+        return state
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step_no,
+            self.actor,
+            self.tokenizer,
+            self.state(),
+            critic=self.critic,
+            keep=self.config.run.keep_checkpoints,
+        )
+
+    def load(self, path: Path) -> None:
+        """Restores a checkpoint written by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted((path / "actor").glob("*.safetensors")):
+            weights.update(load_file(str(shard), device=str(self.device)))
+        missing, unexpected = self.actor.load_state_dict(weights, strict=False)
+        missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint does not fit the model ({missing or unexpected})")
+        state = torch.load(path / "state.pt", weights_only=False, map_location=self.device)
+        if self.critic is not None:
+            loaded = ValueModel.from_pretrained(path / "critic").to(self.device)
+            self.critic.load_state_dict(loaded.state_dict())
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.actor_sched.load_state_dict(state["actor_sched"])
+        if self.critic_opt is not None and self.critic_sched is not None:
+            self.critic_opt.load_state_dict(state["critic_opt"])
+            self.critic_sched.load_state_dict(state["critic_sched"])
+        self.stream = DataStream(**state["stream"])
+        self.step_no = int(state["step"])
+        load_rng_state(state["rng"])
+        if self.config.model.engine == "vllm":
+            self.engine.load_weights(self.actor.state_dict().items())
+
+
+def evaluate(
+    responses: Sequence[str], examples: Sequence[QAExample], stats: Sequence[Any], prefix: str = ""
+) -> dict[str, float]:
+    """EM overall and per data source, with search and turn counts."""
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for response, example in zip(responses, examples, strict=True):
+        by_source[example.data_source].append(exact_match(response, example.golden_answers))
+    out = {f"{prefix}em": float(np.mean([x for v in by_source.values() for x in v]))}
+    for source, values in sorted(by_source.items()):
+        out[f"{prefix}em/{source}"] = float(np.mean(values))
+    out[f"{prefix}searches"] = float(np.mean([s.searches for s in stats]))
+    out[f"{prefix}turns"] = float(np.mean([s.turns for s in stats]))
+    return out
+
+
+class MetricsLog:
+    """Metrics to ``metrics.jsonl`` (and TensorBoard, wandb when present)."""
+
+    def __init__(self, config: TrainConfig, resume_step: int) -> None:
+        self.path = Path(config.run.output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            # Steps logged after the checkpoint we resume from were lost with the crash.
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.tb: Any = None
+        if config.run.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self.tb = SummaryWriter(str(Path(config.run.output_dir) / "tensorboard"))
+        self.wandb: Any = None
+        if config.run.wandb_project:
+            try:
+                import wandb  # type: ignore[import-not-found, unused-ignore]
+            except ImportError:
+                pass
+            else:
+                self.wandb = wandb.init(project=config.run.wandb_project, config=config.to_dict())
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Runs the whole config; returns the final checkpoint.
+
+    ``resume``: continue from the newest checkpoint in ``run.output_dir`` (exactly: the
+    same metrics as a run that never stopped).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(config.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml())
+    trainer = Trainer(config)
+    if resume:
+        path = latest_checkpoint(out / "checkpoints")
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+        trainer.load(path)
+    log = MetricsLog(config, trainer.step_no)
+    run = config.run
+    bar = tqdm(
+        total=run.total_steps, initial=trainer.step_no, desc="train", disable=not run.progress
+    )
+    last = None
+    try:
+        while trainer.step_no < run.total_steps:
+            metrics = trainer.step()
+            step = trainer.step_no
+            if run.eval_every and step % run.eval_every == 0:
+                metrics.update(trainer.validate())
+            log.write(step, metrics)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{metrics['reward']:.3f}",
+                em=f"{metrics['em']:.3f}",
+                search=f"{metrics['searches']:.2f}",
+                len=f"{metrics['response_length']:.0f}",
+                kl=f"{metrics['kl']:.4f}",
+                ent=f"{metrics.get('entropy', 0.0):.3f}",
+            )
+            if (run.save_every and step % run.save_every == 0) or step == run.total_steps:
+                last = trainer.save()
+    finally:
+        bar.close()
+        log.close()
+    return last if last is not None else trainer.save()

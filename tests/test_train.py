@@ -1,0 +1,259 @@
+"""The trainer: it updates, masks retrieved tokens, learns, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from searchr1.config import TrainConfig
+from searchr1.reward import REWARDS, extract_answer, register_reward
+
+torch = pytest.importorskip("torch")
+
+FACTS = [
+    ("Riverton", "Ada Marlow"),
+    ("Stoneford", "Bruno Quist"),
+    ("Oakhaven", "Cleo Ferro"),
+    ("Frostmere", "Dario Osei"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from searchr1 import Retriever
+
+    root = tmp_path_factory.mktemp("world")
+    corpus = root / "corpus.jsonl"
+    with corpus.open("w") as f:
+        for i, (town, founder) in enumerate(FACTS):
+            row = {"id": str(i), "contents": f'"{town}"\n{town} was founded by {founder}.'}
+            f.write(json.dumps(row) + "\n")
+    Retriever.build(corpus, root / "index")
+    with (root / "train.jsonl").open("w") as f:
+        for i, (town, founder) in enumerate(FACTS):
+            row = {"id": str(i), "question": f"who founded {town}", "golden_answers": [founder]}
+            f.write(json.dumps(row) + "\n")
+    return root
+
+
+def small_config(model: Path, world: Path, out: Path, **rl: Any) -> TrainConfig:
+    config = TrainConfig.from_dict(
+        {
+            "model": {"path": str(model), "device": "cpu"},
+            "data": {
+                "train_files": [str(world / "train.jsonl")],
+                "val_files": [str(world / "train.jsonl")],
+            },
+            "retrieval": {"index": str(world / "index")},
+            "rollout": {"max_turns": 1, "max_response_length": 12, "max_obs_length": 24},
+            "rl": {
+                "batch_size": 2,
+                "group_size": 2,
+                "mini_batch_size": 0,
+                "micro_batch_size": 2,
+                "actor_lr": 1e-3,
+                "warmup_ratio": 0.0,
+                **rl,
+            },
+            "run": {"output_dir": str(out), "total_steps": 2, "progress": False},
+        }
+    )
+    return config
+
+
+def test_one_step_changes_the_parameters(tiny_model_dir: Path, world: Path, tmp_path: Path) -> None:
+    from searchr1.rl.trainer import Trainer
+
+    for algorithm, group in (("grpo", 2), ("ppo", 1), ("rloo", 2), ("reinforce++", 1)):
+        config = small_config(
+            tiny_model_dir, world, tmp_path, algorithm=algorithm, group_size=group
+        )
+        trainer = Trainer(config)
+        before = {k: v.clone() for k, v in trainer.actor.state_dict().items()}
+        metrics = trainer.step()
+        changed = [
+            k for k, v in trainer.actor.state_dict().items() if not torch.equal(v, before[k])
+        ]
+        assert changed, algorithm
+        assert trainer.ref is not None
+        assert all(torch.equal(v, before[k]) for k, v in trainer.ref.state_dict().items()), (
+            "the reference model must stay frozen"
+        )
+        for key in ("reward", "em", "searches", "pg_loss", "entropy", "kl", "time/rollout"):
+            assert np.isfinite(metrics[key]), (algorithm, key)
+        if algorithm == "ppo":
+            assert "value_loss" in metrics
+
+
+def test_injected_tokens_contribute_no_gradient(
+    tiny_model_dir: Path, world: Path, tmp_path: Path
+) -> None:
+    """Whatever the advantages, old and reference log-probs say at retrieved positions,
+    the gradient is the same to the bit; without state masking it is not."""
+    from searchr1.packing import Segment, Trajectory, pack
+    from searchr1.rl.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    trajs = [
+        Trajectory(
+            rng.integers(5, 500, 12),
+            [
+                Segment(rng.integers(5, 500, 6), True),
+                Segment(rng.integers(5, 500, 9), False),
+                Segment(rng.integers(5, 500, 4), True),
+            ],
+        )
+        for _ in range(3)
+    ]
+    packed = pack(trajs).to_torch()
+
+    def grads(state_masking: bool, garbage: bool) -> list[Any]:
+        config = small_config(tiny_model_dir, world, tmp_path, state_masking=state_masking)
+        trainer = Trainer(config)
+        batch = dict(packed)
+        response = batch["attention_mask"][:, -batch["loss_mask"].shape[1] :].float()
+        mask = batch["loss_mask"] if state_masking else response
+        g = torch.Generator().manual_seed(1)
+        shape = mask.shape
+        fields = {
+            "mask": mask,
+            "old_logprobs": -torch.rand(shape, generator=g),
+            "ref_logprobs": -torch.rand(shape, generator=g),
+            "advantages": torch.randn(shape, generator=g),
+        }
+        if garbage:
+            injected = (batch["loss_mask"] == 0) & (response == 1)
+            for name in ("old_logprobs", "ref_logprobs", "advantages"):
+                fields[name] = torch.where(injected, torch.full(shape, -7.0), fields[name])
+        batch.update(fields)
+        trainer.actor_opt.step = lambda *a, **k: None  # type: ignore[method-assign]
+        trainer._update(batch, step=0)
+        return [p.grad.clone() for p in trainer.actor.parameters() if p.grad is not None]
+
+    masked = grads(True, False)
+    assert all(torch.equal(a, b) for a, b in zip(masked, grads(True, True), strict=True))
+    unmasked = grads(False, False)
+    assert not all(torch.equal(a, b) for a, b in zip(unmasked, grads(False, True), strict=True))
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_probability_of_the_rewarded_answer(
+    tiny_model_dir: Path, world: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.rl.trainer import Trainer
+    from searchr1.sft import Demonstration, SFTConfig, sft, to_trajectories
+
+    # Warm start: answer red or blue, half and half.
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    demos = [
+        Demonstration(f"who founded {town}", [(f"<answer> {color} </answer>", True)])
+        for town, _ in FACTS
+        for color in ("red", "blue")
+    ]
+    sft(model, to_trajectories(tok, demos), SFTConfig(steps=40, batch_size=8, lr=3e-3))
+    start = tmp_path / "start"
+    model.save_pretrained(start)
+    tok.save_pretrained(start)
+
+    if "test-red" not in REWARDS:
+
+        @register_reward("test-red")
+        def _red(response: str, golden_answers: Any, **_: Any) -> float:
+            return 1.0 if extract_answer(response) == "red" else 0.0
+
+    config = small_config(start, world, tmp_path / "run", reward="test-red", kl_coef=0.0)
+    config = replace(
+        config,
+        rl=replace(config.rl, batch_size=4, group_size=8, micro_batch_size=32, actor_lr=2e-3),
+        rollout=replace(config.rollout, max_turns=0),
+    )
+    trainer = Trainer(config)
+
+    def p_red() -> float:
+        from searchr1.rl.modeling import response_logprobs
+
+        good = to_trajectories(
+            tok,
+            [
+                Demonstration(q, [("<answer> red </answer>", True)])
+                for q in (f"who founded {t}" for t, _ in FACTS)
+            ],
+            eos=False,  # generation stops at </answer>: what follows is never trained
+        )
+        from searchr1.packing import pack
+
+        batch = pack(good).to_torch()
+        with torch.no_grad():
+            lp, _ = response_logprobs(trainer.actor, batch)
+        return float(torch.exp((lp * batch["loss_mask"]).sum(1)).mean())
+
+    before = p_red()
+    rewards = [trainer.step()["reward"] for _ in range(6)]
+    after = p_red()
+    assert after > before + 0.2, (before, after, rewards)
+    assert rewards[-1] > rewards[0]
+
+
+def run_cli(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "searchr1", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kwargs,
+    )
+
+
+def metrics_of(out: Path) -> list[dict[str, float]]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_path: Path) -> None:
+    config = small_config(tiny_model_dir, world, tmp_path / "x", algorithm="ppo", group_size=1)
+    config = replace(config, run=replace(config.run, total_steps=5, save_every=1, eval_every=2))
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+
+    whole = tmp_path / "whole"
+    proc = run_cli(["--config", str(path), "--set", f"run.output_dir={whole}"])
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()
+
+    killed = tmp_path / "killed"
+    proc = run_cli(["--config", str(path), "--set", f"run.output_dir={killed}"])
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step_000002").exists():
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert len(metrics_of(killed)) < 5
+    proc = run_cli(["--config", str(path), "--set", f"run.output_dir={killed}", "--resume"])
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()
+    resumed, uninterrupted = metrics_of(killed), metrics_of(whole)
+    assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5]
+    # Discrete outcomes (rewards, searches, lengths) are equal; floats agree to 1e-5: CPU
+    # BLAS kernels are not bit-reproducible from one process to the next.
+    for got, want in zip(resumed, uninterrupted, strict=True):
+        assert got.keys() == want.keys()
+        for key in ("reward", "em", "searches", "turns", "response_length", "lr"):
+            assert got[key] == want[key], key
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
