@@ -257,3 +257,49 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
         for key in ("reward", "em", "searches", "turns", "response_length", "lr"):
             assert got[key] == want[key], key
         assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(
+    tiny_model_dir: Path, world: Path, tmp_path: Path
+) -> None:
+    """torchrun with 2 CPU ranks: the same metrics (losses, KL, entropy) as 1 process.
+
+    Greedy rollouts make the responses independent of how the batch is split; the
+    entropy bonus and the KL loss give every step a gradient to check the sync with.
+    """
+    config = small_config(
+        tiny_model_dir, world, tmp_path, batch_size=4, micro_batch_size=2, kl_coef=0.1
+    )
+    config = replace(
+        config,
+        rl=replace(config.rl, entropy_coef=0.01),
+        rollout=replace(config.rollout, temperature=0.0),
+        run=replace(config.run, total_steps=3, save_every=0, eval_every=3),
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, launcher in (
+        ("one", [sys.executable, "-m", "searchr1"]),
+        (
+            "two",
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+            + ["-m", "searchr1"],
+        ),
+    ):
+        out = tmp_path / name
+        cmd = [*launcher, "train", "--config", str(path), "--set", f"run.output_dir={out}"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs[name] = metrics_of(out)
+    one, two = runs["one"], runs["two"]
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two, strict=True):
+        for key in ("reward", "em", "searches", "turns", "response_length"):
+            assert a[key] == b[key], key
+        for key in ("entropy", "kl", "kl_loss", "grad_norm", "pg_loss", "val/em"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert one[1]["kl"] > 0  # the first update moved the policy away from the reference

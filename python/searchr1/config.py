@@ -89,10 +89,11 @@ class RLConfig:
     group_size: int = field(default=5, metadata={"help": "responses per prompt (GRPO, RLOO)"})
     batch_size: int = field(default=512, metadata={"help": "prompts per step"})
     mini_batch_size: int = field(
-        default=256, metadata={"help": "trajectories per optimizer step (0: the whole batch)"}
+        default=256,
+        metadata={"help": "prompts per optimizer step, with their groups (0: the whole batch)"},
     )
     micro_batch_size: int = field(
-        default=8, metadata={"help": "trajectories per forward/backward (accumulated)"}
+        default=8, metadata={"help": "trajectories per forward/backward, per rank (accumulated)"}
     )
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch"})
     reward: str = field(default="em", metadata={"help": "reward name: em, f1, format, ..."})

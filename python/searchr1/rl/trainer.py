@@ -30,6 +30,7 @@ import torch
 
 from searchr1.config import TrainConfig
 from searchr1.data import QAExample, load_qa
+from searchr1.packing import pack
 from searchr1.reward import exact_match, get_reward
 from searchr1.rl.algos import (
     gae_advantages,
@@ -42,6 +43,7 @@ from searchr1.rl.algos import (
     value_loss,
 )
 from searchr1.rl.checkpoint import latest_checkpoint, load_rng_state, rng_state, save_checkpoint
+from searchr1.rl.dist import Dist
 from searchr1.rl.modeling import ValueModel, response_logprobs, response_values
 from searchr1.rollout import HFEngine, run_rollouts, tokenize_prompts
 
@@ -78,10 +80,10 @@ def _scalar(x: Any) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def _device(config: TrainConfig) -> torch.device:
+def _device(config: TrainConfig) -> str:
     if config.model.device != "auto":
-        return torch.device(config.model.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return config.model.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _micro_batches(
@@ -104,8 +106,18 @@ class Trainer:
             raise ValueError("model.path is not set")
         if not config.data.train_files:
             raise ValueError("data.train_files is empty")
-        self.device = _device(config)
+        device = _device(config)
+        self.dist = Dist.init(device)
+        if device == "cuda":
+            device = f"cuda:{self.dist.local_rank}"
+        self.device = torch.device(device)
         self.autocast = self.device.type == "cuda"
+        total = rl.batch_size * rl.group_size
+        if total % self.dist.world or (rl.mini_batch_size * rl.group_size) % self.dist.world:
+            raise ValueError(
+                f"rl.batch_size x group_size ({total}) and rl.mini_batch_size x group_size "
+                f"must split evenly over {self.dist.world} ranks"
+            )
         self.out = Path(config.run.output_dir)
 
         # --- models -------------------------------------------------------------------
@@ -195,9 +207,12 @@ class Trainer:
         started = time.perf_counter()
 
         # 1. Questions, each asked group_size times; group ids unique across the run.
+        #    With several ranks, each takes its share (whole groups) of the same batch.
         picked = self.stream.take(rl.batch_size)
-        examples = [self.train_data[i] for i in picked for _ in range(rl.group_size)]
-        group_ids = np.repeat(step * rl.batch_size + np.arange(rl.batch_size), rl.group_size)
+        everyone = [self.train_data[i] for i in picked for _ in range(rl.group_size)]
+        all_groups = np.repeat(step * rl.batch_size + np.arange(rl.batch_size), rl.group_size)
+        mine = self.dist.shard(len(everyone))
+        examples = everyone[mine]
 
         # 2. Rollouts with search.
         t = time.perf_counter()
@@ -221,9 +236,18 @@ class Trainer:
             for r, e in zip(result.responses, examples, strict=True)
         ]
 
-        # 4. Old log-probs, reference log-probs, values (no gradients).
+        # 4. Old log-probs, reference log-probs, values (no gradients). Every rank packs
+        #    to the same shape, so that the batch can be gathered for the advantages.
         t = time.perf_counter()
-        batch = result.batch.to_torch(self.device)
+        packed = result.batch
+        if self.dist.world > 1:
+            packed = pack(
+                result.trajectories,
+                max_prompt_len=self.dist.max_int(packed.prompt_len),
+                max_response_len=self.dist.max_int(packed.response_len),
+                pad_id=int(self.tokenizer.pad_token_id or 0),
+            )
+        batch = packed.to_torch(self.device)
         response_mask = batch["attention_mask"][:, -batch["loss_mask"].shape[1] :].float()
         mask = batch["loss_mask"] if rl.state_masking else response_mask
         batch["mask"] = mask
@@ -243,31 +267,34 @@ class Trainer:
             batch["values"] = torch.cat(values).float()
         timings["time/forward_old"] = time.perf_counter() - t
 
-        # 5. Advantages. The outcome reward sits on the last token the policy sampled.
+        # 5. Advantages, on the whole batch (gathered from every rank), then this rank's
+        #    rows. The outcome reward sits on the last token the policy sampled.
         token_rewards = torch.zeros_like(mask)
         positions = torch.arange(mask.shape[1], device=self.device).expand_as(mask)
         last = torch.where(mask > 0, positions, -1).max(dim=1).values
         has = last >= 0
         token_rewards[has, last[has]] = scores.to(self.device)[has]
-        kl_metric = torch.zeros(())
+        kl_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, tokens
         if "ref_logprobs" in batch:
             kl_tokens = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], "k1")
-            kl_metric = masked_mean(kl_tokens, mask)
+            kl_sums += torch.stack([(kl_tokens * mask).sum(), mask.sum()]).double()
             if rl.kl_in_reward:
                 token_rewards = token_rewards - rl.kl_coef * kl_tokens * mask
-        groups = torch.from_numpy(group_ids).to(self.device)
+        gather = self.dist.gather_rows
+        all_mask, all_scores = gather(mask), gather(scores.to(self.device))
+        groups = torch.from_numpy(all_groups).to(self.device)
         if rl.algorithm == "grpo":
-            advantages = grpo_advantages(scores.to(self.device), groups, mask, rl.norm_adv_by_std)
+            advantages = grpo_advantages(all_scores, groups, all_mask, rl.norm_adv_by_std)
         elif rl.algorithm == "rloo":
-            advantages = rloo_advantages(scores.to(self.device), groups, mask)
+            advantages = rloo_advantages(all_scores, groups, all_mask)
         elif rl.algorithm == "reinforce++":
-            advantages = reinforce_pp_advantages(token_rewards, mask, rl.gamma)
+            advantages = reinforce_pp_advantages(gather(token_rewards), all_mask, rl.gamma)
         else:
             advantages, returns = gae_advantages(
-                token_rewards, batch["values"], mask, rl.gamma, rl.lam
+                gather(token_rewards), gather(batch["values"]), all_mask, rl.gamma, rl.lam
             )
-            batch["returns"] = returns
-        batch["advantages"] = advantages
+            batch["returns"] = returns[mine]
+        batch["advantages"] = advantages[mine]
 
         # 6. Updates: ppo_epochs x mini-batches, accumulating micro-batches.
         t = time.perf_counter()
@@ -284,18 +311,22 @@ class Trainer:
         timings["time/sync"] = time.perf_counter() - t
 
         self.step_no += 1
-        rollout = result.metrics()
+        rollout = self._mean_over_ranks(
+            {**result.metrics(), "reward": float(scores.mean()), "em": float(np.mean(em))}
+        )
+        kl_sum, kl_tokens_n = self.dist.sum_(kl_sums).tolist()
+        kl_value = kl_sum / max(kl_tokens_n, 1.0)
         metrics = {
             "step": float(self.step_no),
-            "reward": float(scores.mean()),
-            "em": float(np.mean(em)),
+            "reward": rollout["reward"],
+            "em": rollout["em"],
             "searches": rollout["searches"],
             "turns": rollout["turns"],
             "valid_actions": rollout["valid_actions"],
             "finished": rollout["finished"],
             "search_failures": rollout["search_failures"],
             "response_length": rollout["response_length"],
-            "kl": float(kl_metric),
+            "kl": kl_value,
             "lr": float(self.actor_sched.get_last_lr()[0]),
             **stats,
             **timings,
@@ -303,13 +334,22 @@ class Trainer:
         }
         return metrics
 
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean of each value over ranks (each rank holds as many trajectories)."""
+        if self.dist.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        self.dist.sum_(t)
+        return {k: float(v) / self.dist.world for k, v in zip(keys, t.tolist(), strict=True)}
+
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
 
     def _update(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         rl = self.config.rl
         n = batch["input_ids"].shape[0]
-        mini = rl.mini_batch_size or n
+        mini = (rl.mini_batch_size * rl.group_size) // self.dist.world or n
         sums: dict[str, float] = defaultdict(float)
         count = 0
         generator = torch.Generator().manual_seed(self.config.run.seed * 7919 + step)
@@ -320,7 +360,8 @@ class Trainer:
             order = torch.randperm(n, generator=generator).to(self.device)
             for start in range(0, n, mini):
                 rows = order[start : start + mini]
-                tokens = batch["mask"][rows].sum().clamp(min=1)
+                # Each micro-batch weighs its share of the tokens of all ranks' mini-batch.
+                tokens = self.dist.sum_(batch["mask"][rows].sum()).clamp(min=1)
                 self.actor_opt.zero_grad(set_to_none=True)
                 if self.critic_opt is not None:
                     self.critic_opt.zero_grad(set_to_none=True)
@@ -366,17 +407,26 @@ class Trainer:
                         )
                         _backward(v_loss * weight)
                         sums["value_loss"] += _scalar(v_loss) * _scalar(weight)
+                self.dist.sum_grads(self.actor.parameters())
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     self.actor.parameters(), rl.max_grad_norm
                 )
                 sums["grad_norm"] += float(grad_norm)
                 self.actor_opt.step()
                 if self.critic is not None and self.critic_opt is not None:
+                    self.dist.sum_grads(self.critic.parameters())
                     torch.nn.utils.clip_grad_norm_(self.critic.parameters(), rl.max_grad_norm)
                     self.critic_opt.step()
                 count += 1
         self.actor.eval()
-        out = {k: v / count for k, v in sums.items()}
+        # Losses were weighted by global tokens: their sum over ranks is the batch's.
+        summed = {k: v for k, v in sums.items() if k != "grad_norm"}
+        if self.dist.world > 1 and summed:
+            keys = sorted(summed)
+            t = torch.tensor([summed[k] for k in keys], dtype=torch.float64, device=self.device)
+            summed = dict(zip(keys, self.dist.sum_(t).tolist(), strict=True))
+        out = {k: v / count for k, v in summed.items()}
+        out["grad_norm"] = sums["grad_norm"] / count
         return out
 
     # --- validation -------------------------------------------------------------------------
@@ -386,10 +436,15 @@ class Trainer:
         if not self.val_data:
             return {}
         self.actor.eval()
-        prompts = tokenize_prompts(self.tokenizer, [e.question for e in self.val_data])
+        mine = self.val_data[self.dist.rank :: self.dist.world]
+        prompts = tokenize_prompts(self.tokenizer, [e.question for e in mine])
         rollout_cfg = replace(self.config.rollout, temperature=0.0, seed=None)
         result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg)
-        return evaluate(result.responses, self.val_data, result.stats, prefix="val/")
+        parts = self.dist.gather_objects((result.responses, mine, result.stats))
+        responses = [r for part in parts for r in part[0]]
+        examples = [e for part in parts for e in part[1]]
+        stats = [s for part in parts for s in part[2]]
+        return evaluate(responses, examples, stats, prefix="val/")
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -407,15 +462,21 @@ class Trainer:
         return state
 
     def save(self) -> Path:
-        return save_checkpoint(
-            self.out / "checkpoints",
-            self.step_no,
-            self.actor,
-            self.tokenizer,
-            self.state(),
-            critic=self.critic,
-            keep=self.config.run.keep_checkpoints,
-        )
+        """Writes a checkpoint (rank 0; every rank holds the same weights)."""
+        root = self.out / "checkpoints"
+        path = root / f"step_{self.step_no:06d}"
+        if self.dist.is_main:
+            path = save_checkpoint(
+                root,
+                self.step_no,
+                self.actor,
+                self.tokenizer,
+                self.state(),
+                critic=self.critic,
+                keep=self.config.run.keep_checkpoints,
+            )
+        self.dist.barrier()
+        return path
 
     def load(self, path: Path) -> None:
         """Restores a checkpoint written by :meth:`save`."""
@@ -515,18 +576,23 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     out = Path(config.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config.to_yaml())
     trainer = Trainer(config)
+    main = trainer.dist.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml())
     if resume:
         path = latest_checkpoint(out / "checkpoints")
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
         trainer.load(path)
-    log = MetricsLog(config, trainer.step_no)
+    log = MetricsLog(config, trainer.step_no) if main else None
     run = config.run
     bar = tqdm(
-        total=run.total_steps, initial=trainer.step_no, desc="train", disable=not run.progress
+        total=run.total_steps,
+        initial=trainer.step_no,
+        desc="train",
+        disable=not (run.progress and main),
     )
     last = None
     try:
@@ -535,7 +601,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             step = trainer.step_no
             if run.eval_every and step % run.eval_every == 0:
                 metrics.update(trainer.validate())
-            log.write(step, metrics)
+            if log is not None:
+                log.write(step, metrics)
             bar.update(1)
             bar.set_postfix(
                 reward=f"{metrics['reward']:.3f}",
@@ -547,7 +614,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             )
             if (run.save_every and step % run.save_every == 0) or step == run.total_steps:
                 last = trainer.save()
+        if last is None:
+            last = trainer.save()
     finally:
         bar.close()
-        log.close()
-    return last if last is not None else trainer.save()
+        if log is not None:
+            log.close()
+        trainer.dist.close()
+    return last
