@@ -15,6 +15,7 @@ import bench_pack
 import bench_rollout
 import bench_server
 import bench_stop
+import bench_train
 from common import machine
 
 
@@ -25,6 +26,7 @@ def main() -> None:
         "stop": bench_stop.main([]),
         "pack": bench_pack.main([]),
         "rollout": bench_rollout.main([]),
+        "train": bench_train.main([]),
         "bm25": bench_bm25.main([]),
         "dense": bench_dense.main([]),
         "server": bench_server.main([]),
