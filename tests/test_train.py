@@ -259,6 +259,9 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
         assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
 
 
+TORCHRUN_2 = ["--standalone", "--nproc-per-node=2"]
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(
     tiny_model_dir: Path, world: Path, tmp_path: Path
@@ -285,8 +288,7 @@ def test_two_gloo_ranks_match_one_process(
         ("one", [sys.executable, "-m", "searchr1"]),
         (
             "two",
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-            + ["-m", "searchr1"],
+            [sys.executable, "-m", "torch.distributed.run", *TORCHRUN_2, "-m", "searchr1"],
         ),
     ):
         out = tmp_path / name

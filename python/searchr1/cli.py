@@ -284,6 +284,214 @@ def serve_cmd(index_dir: Path, **options: Any) -> None:
         serve(ServerConfig(index=index_dir, **options))
 
 
+def _rollout_options(func: FC) -> FC:
+    """Options shared by eval and infer: the retriever and the rollout limits."""
+    options = [
+        click.option(
+            "--model",
+            "model_dir",
+            required=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Model directory (transformers format; a checkpoint's actor/ works).",
+        ),
+        click.option(
+            "--index",
+            "index_dir",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Index directory to search in-process.",
+        ),
+        click.option(
+            "--url", help="Or a retrieval server (searchr1 serve), e.g. http://127.0.0.1:8000."
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["bm25", "dense", "hybrid"]),
+            default="bm25",
+            show_default=True,
+        ),
+        click.option("-k", "--topk", default=3, show_default=True, help="Documents per search."),
+        click.option("--max-turns", default=4, show_default=True, help="Turns that may search."),
+        click.option(
+            "--max-response-length", default=500, show_default=True, help="Tokens per turn."
+        ),
+        click.option("--device", help="cpu or cuda [default: cuda when present]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _rollout_setup(options: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The engine, retriever and rollout config the shared options describe."""
+    from searchr1.rollout import HFEngine, RolloutConfig
+
+    if options["index_dir"] and options["url"]:
+        raise click.UsageError("give --index or --url, not both")
+    if not options["index_dir"] and not options["url"]:
+        raise click.UsageError("give --index DIR or --url URL for the searches")
+    retriever: Any
+    if options["url"]:
+        from searchr1.retrieval.client import RemoteRetriever
+
+        retriever = RemoteRetriever(options["url"])
+    else:
+        from searchr1.retrieval import Retriever
+
+        opened = Retriever.open(options["index_dir"], device=options["device"])
+        mode = options["mode"]
+
+        class _InMode:
+            def search(self, queries: list[str], k: int = 3) -> Any:
+                return opened.search(queries, k=k, mode=mode)
+
+        retriever = _InMode()
+    engine = HFEngine.from_pretrained(options["model_dir"], device=options["device"])
+    config = RolloutConfig(
+        max_turns=options["max_turns"],
+        max_response_length=options["max_response_length"],
+        topk=options["topk"],
+        temperature=0.0,
+    )
+    return engine, retriever, config
+
+
+@main.command("eval")
+@_rollout_options
+@click.option(
+    "--data",
+    "data_files",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="QA file(s): JSONL rows with question and golden_answers (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(1), help="Evaluate at most N questions per file.")
+@click.option("--batch-size", default=64, show_default=True, help="Questions rolled out at once.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the metrics and every answer as JSON here.",
+)
+def eval_cmd(
+    data_files: tuple[Path, ...],
+    limit: int | None,
+    batch_size: int,
+    out_path: Path | None,
+    **options: Any,
+) -> None:
+    """Evaluate a model with search on QA sets: EM and F1 per data source.
+
+    Rolls out every question greedily with Search-R1's prompt and protocol, and scores
+    the last <answer> against the golden answers. Also reports how often the model
+    searched, its turns, and the share of turns with a valid action.
+
+    \b
+    Example:
+      searchr1 eval --model runs/toy/grpo/checkpoints/step_000040/actor \\
+          --index runs/toy/index --data runs/toy/world/test.jsonl --max-turns 2
+    """
+    from searchr1.data import load_qa
+    from searchr1.evaluate import evaluate
+
+    with _user_errors():
+        examples = []
+        for path in data_files:
+            rows = load_qa([path])
+            examples += rows[:limit] if limit else rows
+        engine, retriever, config = _rollout_setup(options)
+        report = evaluate(engine, retriever, examples, config, batch_size=batch_size)
+    click.echo(report.table())
+    if out_path is not None:
+        out_path.write_text(
+            json.dumps({"metrics": report.metrics, "records": report.records}, indent=2) + "\n"
+        )
+        click.echo(f"wrote {out_path}")
+
+
+@main.command("infer")
+@_rollout_options
+@click.argument("question")
+def infer_cmd(question: str, **options: Any) -> None:
+    """Answer QUESTION with search, printing the whole reasoning trace.
+
+    Searches are shown in yellow, retrieved documents dimmed, the answer in green.
+
+    \b
+    Example:
+      searchr1 infer --model runs/toy/sft-model --index runs/toy/index \\
+          "In which town was Varo Kessin born?"
+    """
+    import re
+
+    from searchr1.rollout import run_rollouts, tokenize_prompts
+
+    with _user_errors():
+        engine, retriever, config = _rollout_setup(options)
+        prompts = tokenize_prompts(engine.tokenizer, [question])
+        result = run_rollouts(engine, retriever, prompts, config)
+    styles: dict[str, dict[str, Any]] = {
+        "search": {"fg": "yellow", "bold": True},
+        "information": {"dim": True},
+        "answer": {"fg": "green", "bold": True},
+        "think": {"fg": "cyan"},
+    }
+    pattern = re.compile(r"(<(search|information|answer|think)>.*?</\2>)", re.DOTALL)
+    for piece in pattern.split(result.responses[0]):
+        match = re.match(r"<(search|information|answer|think)>", piece)
+        if match:
+            click.echo(click.style(piece, **styles[match.group(1)]), nl=False)
+        elif piece not in styles:
+            click.echo(piece, nl=False)
+    stats = result.stats[0]
+    click.echo(f"\n\n[{stats.turns} turns, {stats.searches} searches, answer: {stats.answer!r}]")
+
+
+@main.command("demo")
+@click.option("--out", default="runs/toy", show_default=True, help="Directory for everything.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the world and the training.")
+@click.option("--quick", is_flag=True, help="A shortened run (smaller world, fewer steps).")
+@click.option("--sft-steps", type=click.IntRange(1), help="Warm-start steps [default: 400].")
+@click.option("--rl-steps", type=click.IntRange(1), help="GRPO steps [default: 40].")
+@click.option(
+    "--two-hop",
+    "two_hop",
+    type=click.FloatRange(0, 1),
+    help="Share of 2-hop questions (two searches each) [default: 0].",
+)
+def demo_cmd(
+    out: str,
+    seed: int,
+    quick: bool,
+    sft_steps: int | None,
+    rl_steps: int | None,
+    two_hop: float | None,
+) -> None:
+    """Run the embedded default end to end on the CPU (about 15 minutes on 2 cores).
+
+    Builds a toy world whose answers only search can find, indexes it, makes a tiny
+    Qwen2 model, warm-starts it by SFT on demonstrations of which only half search,
+    then trains it with GRPO, and prints the before/after table (EM, search rate,
+    turns, valid actions) on held-out questions, with a plot of the training curves.
+    """
+    from dataclasses import replace
+
+    from searchr1.demo import DemoConfig, run_demo
+    from searchr1.demo import quick as shorten
+
+    config = DemoConfig(out=out, seed=seed)
+    if quick:
+        config = shorten(config)
+    if sft_steps is not None:
+        config = replace(config, sft_steps=sft_steps)
+    if rl_steps is not None:
+        config = replace(config, rl_steps=rl_steps)
+    if two_hop is not None:
+        config = replace(config, two_hop_fraction=two_hop)
+    with _user_errors():
+        run_demo(config, log=click.echo)
+
+
 @main.command("train")
 @click.option(
     "--config",
@@ -335,6 +543,235 @@ def train_cmd(
     with _user_errors():
         last = train(config, resume=resume)
     click.echo(f"done: the last checkpoint is {last}")
+
+
+def _world_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
+    """A `world` option whose help text and default are those of the WorldConfig field."""
+    from searchr1.data.toyworld import WorldConfig
+
+    spec = WorldConfig.__dataclass_fields__[name]
+    return click.option(
+        *decls, name, default=spec.default, show_default=True, help=spec.metadata["help"], **kwargs
+    )
+
+
+@main.command("world")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the world into (made if needed; its files are replaced).",
+)
+@_world_option("seed", "--seed", type=int)
+@_world_option("n_people", "--people", type=click.IntRange(2))
+@_world_option("n_towns", "--towns", type=click.IntRange(2))
+@_world_option("n_orgs", "--orgs", type=click.IntRange(1))
+@_world_option("questions_per_entity", "--questions-per-entity", type=click.IntRange(1))
+@_world_option("two_hop_fraction", "--two-hop-fraction", type=click.FloatRange(0, 1))
+@_world_option("test_fraction", "--test-fraction", type=click.FloatRange(0, 1))
+def world_cmd(out: Path, **options: Any) -> None:
+    """Write a toy world: invented people, towns and organisations, a passage about
+    each, and questions that only a search of those passages can answer.
+
+    Writes OUT/corpus.jsonl (Search-R1 corpus rows), OUT/train.jsonl and OUT/test.jsonl
+    (QA rows; test questions ask about entities no training question asks about, and
+    some take two searches) and OUT/world.json (the settings). The same seed gives
+    the same world.
+
+    \b
+    Example:
+      searchr1 world --out runs/toy/world --seed 0
+      searchr1 index --corpus runs/toy/world/corpus.jsonl --out runs/toy/index
+    """
+    from searchr1.data.toyworld import WorldConfig, build_world, write_world
+
+    try:
+        config = WorldConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    world = build_world(config)
+    with _user_errors():
+        paths = write_world(world, out)
+    train, test = world.split("train"), world.split("test")
+    two_hop = sum(len(q.hops) == 2 for q in world.all_questions)
+    click.echo(
+        f"wrote a toy world to {out}: {len(world.entities)} passages "
+        f"({paths['corpus'].name}), {len(train)} train and {len(test)} test questions "
+        f"({two_hop} of them two-hop)"
+    )
+
+
+@main.command("prepare")
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL file to write (replaced once every row has converted).",
+)
+@click.option(
+    "--data-source",
+    metavar="NAME",
+    help="Dataset name for every row [default: the row's data_source, else the file name].",
+)
+@click.option("--limit", type=click.IntRange(1), help="Write at most N rows (in input order).")
+@click.option(
+    "--dedupe", is_flag=True, help="Drop rows whose question repeats (case and spacing aside)."
+)
+def prepare_cmd(
+    inputs: tuple[Path, ...], out: Path, data_source: str | None, limit: int | None, dedupe: bool
+) -> None:
+    """Convert FlashRAG / Search-R1 question-answer files into training JSONL.
+
+    Each INPUT is JSONL (plain or .gz), a JSON array, or Search-R1's parquet (needs
+    pyarrow). Rows may be FlashRAG's {"id", "question", "golden_answers"} or
+    Search-R1's, with the answers in reward_model.ground_truth.target and the
+    question in the prompt. The output rows are {"id", "question", "golden_answers",
+    "data_source"}, ready for `searchr1 train` (data.train_files). Repeated ids get
+    the data source prefixed. A bad row stops with its file and row.
+
+    \b
+    Examples:
+      searchr1 prepare nq-train.jsonl hotpotqa-train.jsonl --out data/train.jsonl --dedupe
+      searchr1 prepare search-r1/train.parquet --out data/train.jsonl --limit 1000
+    """
+    from searchr1.data.prepare import prepare
+
+    with _user_errors():
+        report = prepare(inputs, out, data_source=data_source, limit=limit, dedupe=dedupe)
+    notes = []
+    if report.duplicates:
+        notes.append(f"{report.duplicates} duplicate questions dropped")
+    if report.renamed_ids:
+        notes.append(f"{report.renamed_ids} repeated ids renamed")
+    extra = f" ({', '.join(notes)})" if notes else ""
+    click.echo(f"wrote {report.written} of {report.read} rows read to {out}{extra}")
+
+
+def _model_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
+    """An `init-model` option with the help text and default of a TinyModelConfig field."""
+    from searchr1.models import TinyModelConfig
+
+    spec = TinyModelConfig.__dataclass_fields__[name]
+    return click.option(
+        *decls, name, default=spec.default, show_default=True, help=spec.metadata["help"], **kwargs
+    )
+
+
+#: The fields of a JSONL row whose text a tokenizer learns (QA rows and corpus rows).
+TEXT_FIELDS = ("question", "contents", "title", "text")
+
+
+def _texts_of(path: Path) -> Iterator[str]:
+    """The text in ``path``: the string fields (question, contents, title, text) of
+    each JSONL row for a ``.jsonl`` file, else each non-empty line."""
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                yield line.rstrip("\n")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"{path}:{line_no}: not valid JSON: {exc.msg}") from exc
+            if isinstance(row, dict):
+                yield from (row[k] for k in TEXT_FIELDS if isinstance(row.get(k), str))
+
+
+@main.command("init-model")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to save the model and tokenizer in.",
+)
+@click.option(
+    "--world",
+    "world_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Train the tokenizer on a toy world's passages and questions (`searchr1 world`).",
+)
+@click.option(
+    "--text",
+    "text_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Train the tokenizer on this file (repeatable): JSONL rows' text fields, or lines.",
+)
+@_model_option("vocab_size", "--vocab-size", type=click.IntRange(300))
+@_model_option("hidden_size", "--hidden-size", type=click.IntRange(1))
+@click.option("--intermediate-size", type=click.IntRange(1), help="MLP width [default: 3x hidden].")
+@_model_option("num_layers", "--layers", type=click.IntRange(1))
+@_model_option("num_heads", "--heads", type=click.IntRange(1))
+@click.option(
+    "--kv-heads", type=click.IntRange(1), help="Key/value heads (GQA) [default: --heads]."
+)
+@_model_option("seed", "--seed", type=int)
+@click.option("--overwrite", is_flag=True, help="Replace a model already saved in --out.")
+def init_model_cmd(
+    out: Path,
+    world_dir: Path | None,
+    text_files: tuple[Path, ...],
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int | None,
+    num_layers: int,
+    num_heads: int,
+    kv_heads: int | None,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Make a tiny random Qwen2 model and a BPE tokenizer trained on your text.
+
+    No model hub needed: the tokenizer (byte-level BPE with ChatML tokens, as Qwen2's)
+    learns the given text plus Search-R1's prompt and tags; the weights are random.
+    The directory loads like any transformers checkpoint (HF engine, vLLM, trainer).
+    Give the text with --world and/or --text. For vLLM on the CPU keep
+    hidden-size / heads >= 32.
+
+    \b
+    Example:
+      searchr1 world --out runs/toy/world
+      searchr1 init-model --out runs/toy/init-model --world runs/toy/world
+    """
+    from searchr1.models import TinyModelConfig, init_model
+
+    if world_dir is None and not text_files:
+        raise click.UsageError("give the text to train the tokenizer on: --world and/or --text")
+    if (out / "config.json").exists() and not overwrite:
+        raise click.UsageError(f"{out} already holds a model; pass --overwrite to replace it")
+    try:
+        config = TinyModelConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size or 3 * hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=kv_heads or num_heads,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    files = list(text_files)
+    if world_dir is not None:
+        files += [world_dir / f"{name}.jsonl" for name in ("corpus", "train", "test")]
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    with _user_errors():
+        texts = [text for path in files for text in _texts_of(path)]
+        init_model(out, texts, config)
+
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    click.echo(
+        f"saved a Qwen2 model with {model.num_parameters():,} parameters "
+        f"(vocabulary {model.config.vocab_size}) to {out}"
+    )
 
 
 if __name__ == "__main__":

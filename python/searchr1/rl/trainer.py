@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from searchr1.config import TrainConfig
-from searchr1.data import QAExample, load_qa
+from searchr1.data import load_qa
+from searchr1.evaluate import summarize
 from searchr1.packing import pack
 from searchr1.reward import exact_match, get_reward
 from searchr1.rl.algos import (
@@ -444,7 +445,16 @@ class Trainer:
         responses = [r for part in parts for r in part[0]]
         examples = [e for part in parts for e in part[1]]
         stats = [s for part in parts for s in part[2]]
-        return evaluate(responses, examples, stats, prefix="val/")
+        report = summarize(responses, examples, stats)
+        out = {}
+        for source, m in report.metrics.items():
+            for key in ("em", "f1", "searches"):
+                out[
+                    f"val/{key}"
+                    if source == "all" or len(report.metrics) == 1
+                    else f"val/{key}/{source}"
+                ] = m[key]
+        return out
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -503,21 +513,6 @@ class Trainer:
         load_rng_state(state["rng"])
         if self.config.model.engine == "vllm":
             self.engine.load_weights(self.actor.state_dict().items())
-
-
-def evaluate(
-    responses: Sequence[str], examples: Sequence[QAExample], stats: Sequence[Any], prefix: str = ""
-) -> dict[str, float]:
-    """EM overall and per data source, with search and turn counts."""
-    by_source: dict[str, list[float]] = defaultdict(list)
-    for response, example in zip(responses, examples, strict=True):
-        by_source[example.data_source].append(exact_match(response, example.golden_answers))
-    out = {f"{prefix}em": float(np.mean([x for v in by_source.values() for x in v]))}
-    for source, values in sorted(by_source.items()):
-        out[f"{prefix}em/{source}"] = float(np.mean(values))
-    out[f"{prefix}searches"] = float(np.mean([s.searches for s in stats]))
-    out[f"{prefix}turns"] = float(np.mean([s.turns for s in stats]))
-    return out
 
 
 class MetricsLog:

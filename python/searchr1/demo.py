@@ -1,0 +1,257 @@
+"""The embedded default, end to end on a CPU: a toy world where only search finds the
+answer, a tiny model, a deliberately imperfect warm start, then RL.
+
+world -> BM25 index -> tiny Qwen2 model -> SFT (half the demonstrations search, half
+guess) -> evaluation -> GRPO -> evaluation -> a before/after table and a plot.
+Every stage writes into one directory, so each result can be inspected (and reused
+by the other commands: ``searchr1 search``, ``eval``, ``infer``, ``train --resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from searchr1.config import TrainConfig
+from searchr1.models import TinyModelConfig
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo builds and how long it trains."""
+
+    out: str = field(default="runs/toy", metadata={"help": "directory for everything"})
+    seed: int = field(default=0, metadata={"help": "seed of the world, model and training"})
+    people: int = field(default=300, metadata={"help": "people in the world"})
+    towns: int = field(default=80, metadata={"help": "towns in the world"})
+    orgs: int = field(default=100, metadata={"help": "organisations in the world"})
+    two_hop_fraction: float = field(default=0.0, metadata={"help": "share of 2-hop questions"})
+    sft_steps: int = field(default=400, metadata={"help": "warm-start (SFT) steps"})
+    sft_lr: float = field(default=2e-3, metadata={"help": "SFT learning rate"})
+    search_fraction: float = field(
+        default=0.5, metadata={"help": "share of SFT demonstrations that search"}
+    )
+    rl_steps: int = field(default=40, metadata={"help": "GRPO steps"})
+    rl_batch: int = field(default=16, metadata={"help": "questions per GRPO step"})
+    group_size: int = field(default=4, metadata={"help": "responses per question"})
+    rl_lr: float = field(default=2e-4, metadata={"help": "GRPO learning rate"})
+    max_turns: int = field(default=2, metadata={"help": "turns that may search"})
+    eval_size: int = field(default=200, metadata={"help": "test questions evaluated"})
+    model: TinyModelConfig = field(
+        default_factory=lambda: TinyModelConfig(
+            vocab_size=2048, hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=2
+        )
+    )
+
+
+def _stage(log: Callable[[str], None], name: str) -> Callable[[], None]:
+    started = time.perf_counter()
+    log(f"== {name}")
+
+    def done() -> None:
+        log(f"   {name}: {time.perf_counter() - started:.1f} s")
+
+    return done
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs every stage; returns the before/after metrics (also in ``out/demo.json``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.data import load_qa
+    from searchr1.data.toyworld import WorldConfig, build_world, demonstrations, write_world
+    from searchr1.evaluate import evaluate
+    from searchr1.models import init_model
+    from searchr1.retrieval import Retriever
+    from searchr1.rl.trainer import train
+    from searchr1.rollout import HFEngine
+    from searchr1.sft import SFTConfig, sft, to_trajectories
+
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    done = _stage(log, "world")
+    world = build_world(
+        WorldConfig(
+            seed=config.seed,
+            n_people=config.people,
+            n_towns=config.towns,
+            n_orgs=config.orgs,
+            two_hop_fraction=config.two_hop_fraction,
+        )
+    )
+    paths = write_world(world, out / "world")
+    log(f"   {world!r}")
+    done()
+
+    done = _stage(log, "BM25 index")
+    retriever = Retriever.build(paths["corpus"], out / "index")
+    done()
+
+    done = _stage(log, "tiny model")
+    init_dir = init_model(out / "init-model", world.texts(), config.model)
+    tok = AutoTokenizer.from_pretrained(init_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(init_dir))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"   Qwen2, {n_params / 1e6:.2f}M parameters, vocabulary {len(tok)}")
+    done()
+
+    done = _stage(log, f"warm start: SFT, {config.sft_steps} steps")
+    demos = demonstrations(
+        world, "train", retriever, search_fraction=config.search_fraction, seed=config.seed, top_k=2
+    )
+    trajectories = to_trajectories(tok, demos)
+    losses = sft(
+        model,
+        trajectories,
+        SFTConfig(steps=config.sft_steps, batch_size=32, lr=config.sft_lr, seed=config.seed),
+        pad_id=int(tok.pad_token_id),
+        on_step=_progress(log, config.sft_steps, "loss"),
+    )
+    log(f"   loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    sft_dir = out / "sft-model"
+    model.save_pretrained(sft_dir)
+    tok.save_pretrained(sft_dir)
+    done()
+
+    train_config = TrainConfig.from_dict(
+        {
+            "model": {"path": str(sft_dir), "device": "cpu"},
+            "data": {"train_files": [str(paths["train"])], "val_files": [str(paths["test"])]},
+            "retrieval": {"index": str(out / "index")},
+            "rollout": {
+                "max_turns": config.max_turns,
+                "max_response_length": 64,
+                "max_obs_length": 256,
+                "max_length": 1024,
+                "topk": 2,
+            },
+            "rl": {
+                "algorithm": "grpo",
+                "group_size": config.group_size,
+                "batch_size": config.rl_batch,
+                "mini_batch_size": 0,
+                "micro_batch_size": 32,
+                "kl_coef": 0.001,
+                "entropy_coef": 0.0,
+                "actor_lr": config.rl_lr,
+                "warmup_ratio": 0.0,
+                "weight_decay": 0.0,
+            },
+            "run": {
+                "output_dir": str(out / "grpo"),
+                "total_steps": config.rl_steps,
+                "save_every": 0,
+                "keep_checkpoints": 1,
+                "seed": config.seed,
+            },
+        }
+    )
+    test = load_qa([paths["test"]])[: config.eval_size]
+
+    done = _stage(log, f"evaluate the warm start on {len(test)} held-out questions")
+    model.eval()
+    before = evaluate(HFEngine(model, tok), retriever, test, train_config.rollout)
+    log(before.table())
+    done()
+
+    done = _stage(log, f"GRPO, {config.rl_steps} steps")
+    last = train(train_config)
+    done()
+
+    done = _stage(log, "evaluate after RL")
+    rl_model: Any = AutoModelForCausalLM.from_pretrained(str(last / "actor"))
+    rl_model.eval()
+    after = evaluate(HFEngine(rl_model, tok), retriever, test, train_config.rollout)
+    log(after.table())
+    done()
+
+    summary = {
+        "before": before.metrics,
+        "after": after.metrics,
+        "minutes": (time.perf_counter() - started) / 60,
+        "config": _plain(config),
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log("\n" + comparison(before.metrics, after.metrics))
+    plot = _plot(out / "grpo" / "metrics.jsonl", out / "training.png")
+    if plot is not None:
+        log(f"plot: {plot}")
+    log(f"total: {summary['minutes']:.1f} min; everything is in {out}/")
+    return summary
+
+
+def comparison(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:
+    """The before/after table (overall row of each)."""
+    b = before.get("all") or next(iter(before.values()))
+    a = after.get("all") or next(iter(after.values()))
+    rows = [
+        ("EM", "em"),
+        ("F1", "f1"),
+        ("search rate", "search_rate"),
+        ("searches per question", "searches"),
+        ("turns", "turns"),
+        ("valid-action rate", "valid_rate"),
+    ]
+    lines = [f"{'held-out test':<24}{'after SFT':>12}{'after RL':>12}{'change':>10}"]
+    for label, key in rows:
+        lines.append(f"{label:<24}{b[key]:>12.3f}{a[key]:>12.3f}{a[key] - b[key]:>+10.3f}")
+    return "\n".join(lines)
+
+
+def _progress(log: Callable[[str], None], total: int, what: str) -> Callable[[int, float], None]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="sft")
+
+    def on_step(step: int, value: float) -> None:
+        bar.update(1)
+        bar.set_postfix({what: f"{value:.3f}"})
+        if step + 1 == total:
+            bar.close()
+
+    return on_step
+
+
+def _plain(config: DemoConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+def _plot(metrics: Path, png: Path) -> Path | None:
+    """Reward, EM and searches per question over the GRPO steps, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("reward", "reward"), ("em", "EM"), ("searches", "searches / question")):
+        ax.plot(steps, [r[key] for r in rows], label=label)
+    ax.set_xlabel("GRPO step")
+    ax.set_title("searchr1 demo: the toy world")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def quick(config: DemoConfig) -> DemoConfig:
+    """A shortened demo (for tests): a smaller world, fewer steps."""
+    return replace(config, people=120, towns=40, orgs=40, sft_steps=150, rl_steps=8, eval_size=60)
