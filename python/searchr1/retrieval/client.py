@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from searchr1.errors import InputError, RetrievalError
-from searchr1.retrieval.index import MODES, Hit
+from searchr1.retrieval.index import MODES, Hit, check_queries
 
 __all__ = ["RemoteRetriever"]
 
@@ -109,12 +109,7 @@ class RemoteRetriever:
         cannot be reached after the retries, refuses the request (the message is the
         server's), or answers something that is not a ``/retrieve`` response.
         """
-        if isinstance(queries, str):
-            raise TypeError("queries must be a list of strings; wrap a single query as [query]")
-        queries = list(queries)
-        for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                raise TypeError(f"query {i} is {type(q).__name__}, not str")
+        queries = check_queries(queries)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise InputError(f"k must be a non-negative integer, got {k!r}")
         if mode is not None:

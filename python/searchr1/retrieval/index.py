@@ -52,7 +52,8 @@ class Hit:
         return out
 
 
-def _check_queries(queries: Sequence[str]) -> list[str]:
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """``queries`` as a list, or TypeError naming the first that is not a string."""
     if isinstance(queries, str):
         raise TypeError("queries must be a list of strings; wrap a single query as [query]")
     out = list(queries)
@@ -281,7 +282,7 @@ class Retriever:
         "hybrid" (reciprocal rank fusion of both, with ``weights`` for BM25 and dense;
         the hit score is then the fused score).
         """
-        queries = _check_queries(queries)
+        queries = check_queries(queries)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise InputError(f"k must be a non-negative integer, got {k!r}")
         if mode not in MODES:
