@@ -298,7 +298,10 @@ impl PyTokenStopChecker {
                 .map(|ids| self.0.find(ids))
                 .collect::<std::result::Result<Vec<_>, _>>()
         })?;
-        Ok(found.into_iter().map(|m| m.map(|m| (m.token, m.keep, m.which))).collect())
+        Ok(found
+            .into_iter()
+            .map(|m| m.map(|m| (m.token, m.keep, m.which)))
+            .collect())
     }
 
     /// Number of token ids in the vocabulary.
