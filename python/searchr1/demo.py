@@ -10,6 +10,7 @@ by the other commands: ``searchr1 search``, ``eval``, ``infer``, ``train --resum
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,8 +33,8 @@ class DemoConfig:
     towns: int = field(default=80, metadata={"help": "towns in the world"})
     orgs: int = field(default=100, metadata={"help": "organisations in the world"})
     two_hop_fraction: float = field(default=0.0, metadata={"help": "share of 2-hop questions"})
-    sft_steps: int = field(default=400, metadata={"help": "warm-start (SFT) steps"})
-    sft_lr: float = field(default=2e-3, metadata={"help": "SFT learning rate"})
+    sft_steps: int = field(default=600, metadata={"help": "warm-start (SFT) steps"})
+    sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate"})
     search_fraction: float = field(
         default=0.5, metadata={"help": "share of SFT demonstrations that search"}
     )
@@ -42,6 +43,7 @@ class DemoConfig:
     group_size: int = field(default=4, metadata={"help": "responses per question"})
     rl_lr: float = field(default=2e-4, metadata={"help": "GRPO learning rate"})
     max_turns: int = field(default=2, metadata={"help": "turns that may search"})
+    topk: int = field(default=1, metadata={"help": "documents per search"})
     eval_size: int = field(default=200, metadata={"help": "test questions evaluated"})
     model: TinyModelConfig = field(
         default_factory=lambda: TinyModelConfig(
@@ -66,13 +68,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from searchr1.data import load_qa
-    from searchr1.data.toyworld import WorldConfig, build_world, demonstrations, write_world
+    from searchr1.data.toyworld import WorldConfig, build_world, write_world
     from searchr1.evaluate import evaluate
-    from searchr1.models import init_model
     from searchr1.retrieval import Retriever
     from searchr1.rl.trainer import train
     from searchr1.rollout import HFEngine
-    from searchr1.sft import SFTConfig, sft, to_trajectories
 
     torch.manual_seed(config.seed)
     out = Path(config.out)
@@ -94,34 +94,24 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     done()
 
     done = _stage(log, "BM25 index")
+    shutil.rmtree(out / "index", ignore_errors=True)  # the demo's own: rebuilt (< 1 s)
     retriever = Retriever.build(paths["corpus"], out / "index")
     done()
 
-    done = _stage(log, "tiny model")
-    init_dir = init_model(out / "init-model", world.texts(), config.model)
-    tok = AutoTokenizer.from_pretrained(init_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(init_dir))
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"   Qwen2, {n_params / 1e6:.2f}M parameters, vocabulary {len(tok)}")
-    done()
-
-    done = _stage(log, f"warm start: SFT, {config.sft_steps} steps")
-    demos = demonstrations(
-        world, "train", retriever, search_fraction=config.search_fraction, seed=config.seed, top_k=2
-    )
-    trajectories = to_trajectories(tok, demos)
-    losses = sft(
-        model,
-        trajectories,
-        SFTConfig(steps=config.sft_steps, batch_size=32, lr=config.sft_lr, seed=config.seed),
-        pad_id=int(tok.pad_token_id),
-        on_step=_progress(log, config.sft_steps, "loss"),
-    )
-    log(f"   loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     sft_dir = out / "sft-model"
-    model.save_pretrained(sft_dir)
-    tok.save_pretrained(sft_dir)
-    done()
+    sft_key = json.dumps(_sft_key(config), sort_keys=True)
+    marker = sft_dir / "demo-sft.json"
+    if marker.exists() and marker.read_text() == sft_key:
+        # The warm start of these very settings is there already (a re-run, or a run
+        # that stopped during RL): reuse it.
+        log(f"== warm start: reusing {sft_dir} (same settings)")
+        tok = AutoTokenizer.from_pretrained(sft_dir)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(sft_dir))
+    else:
+        tok, model = _warm_start(config, world, retriever, out, log)
+        model.save_pretrained(sft_dir)
+        tok.save_pretrained(sft_dir)
+        marker.write_text(sft_key)
 
     train_config = TrainConfig.from_dict(
         {
@@ -133,7 +123,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
                 "max_response_length": 64,
                 "max_obs_length": 256,
                 "max_length": 1024,
-                "topk": 2,
+                "topk": config.topk,
             },
             "rl": {
                 "algorithm": "grpo",
@@ -188,6 +178,57 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         log(f"plot: {plot}")
     log(f"total: {summary['minutes']:.1f} min; everything is in {out}/")
     return summary
+
+
+def _sft_key(config: DemoConfig) -> dict[str, Any]:
+    """What the warm start depends on: a saved one with the same key is reused."""
+    from dataclasses import asdict
+
+    keys = ("seed", "people", "towns", "orgs", "two_hop_fraction", "sft_steps", "sft_lr")
+    key = {k: getattr(config, k) for k in keys}
+    key.update(search_fraction=config.search_fraction, topk=config.topk)
+    key["model"] = asdict(config.model)
+    return key
+
+
+def _warm_start(
+    config: DemoConfig, world: Any, retriever: Any, out: Path, log: Callable[[str], None]
+) -> tuple[Any, Any]:
+    """A tiny model made from nothing, then SFT on imperfect demonstrations."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.data.toyworld import demonstrations
+    from searchr1.models import init_model
+    from searchr1.sft import SFTConfig, sft, to_trajectories
+
+    done = _stage(log, "tiny model")
+    init_dir = init_model(out / "init-model", world.texts(), config.model)
+    tok = AutoTokenizer.from_pretrained(init_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(init_dir))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"   Qwen2, {n_params / 1e6:.2f}M parameters, vocabulary {len(tok)}")
+    done()
+
+    done = _stage(log, f"warm start: SFT, {config.sft_steps} steps")
+    demos = demonstrations(
+        world,
+        "train",
+        retriever,
+        search_fraction=config.search_fraction,
+        seed=config.seed,
+        top_k=config.topk,
+    )
+    trajectories = to_trajectories(tok, demos)
+    losses = sft(
+        model,
+        trajectories,
+        SFTConfig(steps=config.sft_steps, batch_size=32, lr=config.sft_lr, seed=config.seed),
+        pad_id=int(tok.pad_token_id),
+        on_step=_progress(log, config.sft_steps, "loss"),
+    )
+    log(f"   loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    done()
+    return tok, model
 
 
 def comparison(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:

@@ -1,0 +1,71 @@
+"""The demo pipeline runs end to end (a miniature: this checks the wiring, not learning)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from searchr1.demo import DemoConfig, comparison, run_demo
+from searchr1.models import TinyModelConfig
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.slow
+def test_a_miniature_demo_runs_and_reuses_its_warm_start(tmp_path: Path) -> None:
+    config = DemoConfig(
+        out=str(tmp_path / "toy"),
+        people=20,
+        towns=8,
+        orgs=6,
+        sft_steps=3,
+        rl_steps=1,
+        rl_batch=2,
+        group_size=2,
+        eval_size=6,
+        model=TinyModelConfig(vocab_size=600, hidden_size=64, num_heads=1, num_kv_heads=1),
+    )
+    lines: list[str] = []
+    summary = run_demo(config, log=lines.append)
+    out = Path(config.out)
+    for path in (
+        "world/corpus.jsonl",
+        "index/manifest.json",
+        "sft-model/config.json",
+        "grpo/metrics.jsonl",
+        "demo.json",
+        "training.png",
+    ):
+        assert (out / path).exists(), path
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["before"] == summary["before"] and saved["after"] == summary["after"]
+    assert any(line.startswith("held-out test") for line in "\n".join(lines).splitlines())
+    assert any("warm start: SFT" in line for line in lines)
+
+    # A second run with the same settings skips the warm start; other settings redo it.
+    lines.clear()
+    run_demo(config, log=lines.append)
+    assert any("reusing" in line for line in lines)
+    lines.clear()
+    run_demo(replace(config, sft_steps=4), log=lines.append)
+    assert not any("reusing" in line for line in lines)
+
+
+def test_comparison_table() -> None:
+    before = {
+        "toy-1hop": {
+            "em": 0.1,
+            "f1": 0.2,
+            "search_rate": 0.3,
+            "searches": 0.3,
+            "turns": 1.2,
+            "valid_rate": 0.9,
+        }
+    }
+    after = {"toy-1hop": {**before["toy-1hop"], "em": 0.5, "search_rate": 0.9}}
+    table = comparison(before, after)
+    assert "EM                             0.100       0.500    +0.400" in table
+    assert "search rate" in table.splitlines()[3]
