@@ -91,9 +91,7 @@ wheel: venv
 	$(BIN)/maturin build --profile dist --out dist
 
 demo: develop
-	@echo "make demo: the toy world, tiny model and 'searchr1 demo' have not landed yet" >&2
-	@echo "(see the open issue for the embedded default). Nothing was run." >&2
-	@exit 1
+	$(BIN)/searchr1 demo --out runs/toy
 
 # Re-pin the test environment from the current .venv.
 constraints:
