@@ -38,10 +38,10 @@ class DemoConfig:
     search_fraction: float = field(
         default=0.5, metadata={"help": "share of SFT demonstrations that search"}
     )
-    rl_steps: int = field(default=40, metadata={"help": "GRPO steps"})
+    rl_steps: int = field(default=80, metadata={"help": "GRPO steps"})
     rl_batch: int = field(default=16, metadata={"help": "questions per GRPO step"})
     group_size: int = field(default=4, metadata={"help": "responses per question"})
-    rl_lr: float = field(default=2e-4, metadata={"help": "GRPO learning rate"})
+    rl_lr: float = field(default=3e-4, metadata={"help": "GRPO learning rate"})
     max_turns: int = field(default=2, metadata={"help": "turns that may search"})
     topk: int = field(default=1, metadata={"help": "documents per search"})
     eval_size: int = field(default=200, metadata={"help": "test questions evaluated"})
