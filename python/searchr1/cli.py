@@ -337,14 +337,9 @@ def _rollout_setup(options: dict[str, Any]) -> tuple[Any, Any, Any]:
     else:
         from searchr1.retrieval import Retriever
 
-        opened = Retriever.open(options["index_dir"], device=options["device"])
-        mode = options["mode"]
-
-        class _InMode:
-            def search(self, queries: list[str], k: int = 3) -> Any:
-                return opened.search(queries, k=k, mode=mode)
-
-        retriever = _InMode()
+        retriever = Retriever.open(
+            options["index_dir"], device=options["device"], mode=options["mode"]
+        )
     engine = HFEngine.from_pretrained(options["model_dir"], device=options["device"])
     config = RolloutConfig(
         max_turns=options["max_turns"],

@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         "before": before.metrics,
         "after": after.metrics,
         "minutes": (time.perf_counter() - started) / 60,
-        "config": _plain(config),
+        "config": asdict(config),
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     log("\n" + comparison(before.metrics, after.metrics))
@@ -182,8 +182,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
 def _sft_key(config: DemoConfig) -> dict[str, Any]:
     """What the warm start depends on: a saved one with the same key is reused."""
-    from dataclasses import asdict
-
     keys = ("seed", "people", "towns", "orgs", "two_hop_fraction", "sft_steps", "sft_lr")
     key = {k: getattr(config, k) for k in keys}
     key.update(search_fraction=config.search_fraction, topk=config.topk)
@@ -261,12 +259,6 @@ def _progress(log: Callable[[str], None], total: int, what: str) -> Callable[[in
             bar.close()
 
     return on_step
-
-
-def _plain(config: DemoConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 def _plot(metrics: Path, png: Path) -> Path | None:

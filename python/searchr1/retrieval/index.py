@@ -71,9 +71,16 @@ class Retriever:
     """
 
     def __init__(
-        self, index: _core.Index, path: Path, device: str | None = None, cache_size: int = 0
+        self,
+        index: _core.Index,
+        path: Path,
+        device: str | None = None,
+        cache_size: int = 0,
+        mode: str = "bm25",
     ) -> None:
         self._index = index
+        #: The mode of a search that names none (see :meth:`search`).
+        self.mode = mode
         self.path = path
         self.manifest: dict[str, Any] = json.loads(index.manifest)
         self._device = device
@@ -220,16 +227,19 @@ class Retriever:
         _core.add_dense(out, encoder.dim, dtype, rows, config.to_json())
 
     @classmethod
-    def open(cls, path: str | Path, device: str | None = None, cache_size: int = 0) -> Retriever:
+    def open(
+        cls, path: str | Path, device: str | None = None, cache_size: int = 0, mode: str = "bm25"
+    ) -> Retriever:
         """Opens the index directory ``path`` (memory-mapped; fast for any size).
 
         Raises :class:`~searchr1.errors.IndexFormatError` for a directory that is not a
         complete searchr1 index of a version this package reads. The dense encoder is
         loaded on ``device`` at the first dense or hybrid search. ``cache_size`` keeps
-        the results of that many recent (query, k, mode) in an LRU cache.
+        the results of that many recent (query, k, mode) in an LRU cache. ``mode`` is
+        the mode of searches that name none, such as those of a rollout.
         """
         path = Path(path)
-        return cls(_core.Index(path), path, device=device, cache_size=cache_size)
+        return cls(_core.Index(path), path, device=device, cache_size=cache_size, mode=mode)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -271,7 +281,7 @@ class Retriever:
         self,
         queries: Sequence[str],
         k: int = 3,
-        mode: str = "bm25",
+        mode: str | None = None,
         weights: tuple[float, float] = (1.0, 1.0),
         exact: bool = False,
     ) -> list[list[Hit]]:
@@ -280,8 +290,9 @@ class Retriever:
         ``mode``: "bm25", "dense" (inner product of normalised vectors: through the HNSW
         graph when the index has one, over every vector when it has not or ``exact``) or
         "hybrid" (reciprocal rank fusion of both, with ``weights`` for BM25 and dense;
-        the hit score is then the fused score).
+        the hit score is then the fused score). None: the retriever's ``mode``.
         """
+        mode = self.mode if mode is None else mode
         queries = check_queries(queries)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise InputError(f"k must be a non-negative integer, got {k!r}")

@@ -60,6 +60,14 @@ class Dist:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def sum_values(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over ranks (one all-reduce for the whole dict)."""
+        if self.world == 1 or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self._device())
+        return dict(zip(keys, self.sum_(t).tolist(), strict=True))
+
     def max_int(self, value: int) -> int:
         """The largest ``value`` over ranks."""
         if self.world == 1:

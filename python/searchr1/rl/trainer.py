@@ -182,14 +182,7 @@ class Trainer:
         if cfg.index:
             from searchr1.retrieval import Retriever
 
-            retriever = Retriever.open(cfg.index)
-            mode = cfg.mode
-
-            class _InMode:  # the loop calls search(queries, k); the mode is the config's
-                def search(self, queries: list[str], k: int = 3) -> Any:
-                    return retriever.search(queries, k=k, mode=mode)
-
-            return _InMode()
+            return Retriever.open(cfg.index, mode=cfg.mode)
         return None
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -337,12 +330,7 @@ class Trainer:
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each value over ranks (each rank holds as many trajectories)."""
-        if self.dist.world == 1:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        self.dist.sum_(t)
-        return {k: float(v) / self.dist.world for k, v in zip(keys, t.tolist(), strict=True)}
+        return {k: v / self.dist.world for k, v in self.dist.sum_values(values).items()}
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
@@ -421,11 +409,7 @@ class Trainer:
                 count += 1
         self.actor.eval()
         # Losses were weighted by global tokens: their sum over ranks is the batch's.
-        summed = {k: v for k, v in sums.items() if k != "grad_norm"}
-        if self.dist.world > 1 and summed:
-            keys = sorted(summed)
-            t = torch.tensor([summed[k] for k in keys], dtype=torch.float64, device=self.device)
-            summed = dict(zip(keys, self.dist.sum_(t).tolist(), strict=True))
+        summed = self.dist.sum_values({k: v for k, v in sums.items() if k != "grad_norm"})
         out = {k: v / count for k, v in summed.items()}
         out["grad_norm"] = sums["grad_norm"] / count
         return out

@@ -19,7 +19,14 @@ import numpy.typing as npt
 
 from searchr1.tags import SEARCH_R1_STOPS, TokenStopChecker, vocab_bytes
 
-__all__ = ["Engine", "FinishReason", "Generation", "SamplingConfig", "StopHandler"]
+__all__ = [
+    "Engine",
+    "FinishReason",
+    "Generation",
+    "SamplingConfig",
+    "StopHandler",
+    "eos_token_ids",
+]
 
 #: ``"stop"``: a stop string ended the turn; ``"eos"``: an end-of-sequence token;
 #: ``"length"``: the token budget ran out.
@@ -66,6 +73,18 @@ class Generation:
     logprobs: npt.NDArray[np.float32]
     finish_reason: FinishReason
     stop: str | None = None
+
+
+def eos_token_ids(*values: Any) -> list[int]:
+    """The distinct end-of-sequence ids among ``values``: each an id, a list of ids (a
+    generation config often has several) or None."""
+    ids: set[int] = set()
+    for value in values:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
 
 
 @runtime_checkable

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from searchr1.rollout.engine import FinishReason, Generation, SamplingConfig, StopHandler
+from searchr1.rollout.engine import (
+    FinishReason,
+    Generation,
+    SamplingConfig,
+    StopHandler,
+    eos_token_ids,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -24,18 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["HFEngine"]
 
 _RUNNING, _STOP, _EOS = 0, 1, 2
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """End-of-sequence ids: the generation config's (often several) and the tokenizer's."""
-    ids: set[int] = set()
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (config_eos, getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    return sorted(ids)
 
 
 class HFEngine:
@@ -51,7 +45,10 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         vocab_size = model.get_output_embeddings().weight.shape[0]
         self.stops = StopHandler(tokenizer, vocab_size)
-        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.eos_token_ids = eos_token_ids(
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+            getattr(tokenizer, "eos_token_id", None),
+        )
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
         #: Running totals: tokens sampled for running rows, and rows computed per step

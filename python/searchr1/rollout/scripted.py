@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler
+from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler, eos_token_ids
 
 __all__ = ["ScriptedEngine"]
 
@@ -51,8 +51,7 @@ class ScriptedEngine:
         contexts = self._tokenizer.batch_decode(
             [list(map(int, p)) for p in prompts], skip_special_tokens=False
         )
-        eos = self._tokenizer.eos_token_id
-        eos_ids = [] if eos is None else [eos]
+        eos_ids = eos_token_ids(self._tokenizer.eos_token_id)
         out = []
         for context in contexts:
             said = self.script(context)

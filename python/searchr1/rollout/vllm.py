@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler
+from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler, eos_token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -72,16 +72,9 @@ class VLLMEngine:
         self._tokenizer = self.llm.get_tokenizer()
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.stops = StopHandler(self._tokenizer, getattr(hf_config, "vocab_size", None))
-        eos: set[int] = set()
-        for value in (
-            getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None),
-            self._tokenizer.eos_token_id,
-        ):
-            if isinstance(value, int):
-                eos.add(value)
-            elif isinstance(value, list | tuple):
-                eos.update(int(v) for v in value)
-        self.eos_token_ids = sorted(eos)
+        self.eos_token_ids = eos_token_ids(
+            getattr(hf_config, "eos_token_id", None), self._tokenizer.eos_token_id
+        )
         self.sleeping = False
 
     @property
