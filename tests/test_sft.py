@@ -58,3 +58,25 @@ def test_observations_add_no_loss(tiny_model_dir: Path) -> None:
     assert sft(model, [with_more], SFTConfig(steps=1, batch_size=1, warmup=1))[0] != first_loss(
         [77, 78, 79]
     )
+
+
+def test_loss_is_the_mean_next_token_nll_of_the_said_tokens(tiny_model_dir: Path) -> None:
+    # sft computes logits for the response only; the loss must equal the plain one
+    # (the model's own loss over the whole sequence with every other label ignored).
+    model, _ = load(tiny_model_dir)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt = np.arange(5, 15, dtype=np.int64)
+    segments = [
+        Segment(np.arange(20, 26, dtype=np.int64), True),
+        Segment(np.arange(40, 44, dtype=np.int64), False),
+        Segment(np.arange(30, 33, dtype=np.int64), True),
+    ]
+    ids = torch.as_tensor(np.concatenate([prompt, *(s.ids for s in segments)]))[None]
+    labels = ids.clone()
+    labels[:, : len(prompt)] = -100
+    labels[:, len(prompt) + 6 : len(prompt) + 10] = -100
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=labels).loss.item()
+    model.load_state_dict(state)
+    loss = sft(model, [Trajectory(prompt, segments)], SFTConfig(steps=1, batch_size=1, warmup=1))
+    assert loss[0] == pytest.approx(expected, rel=1e-5)

@@ -109,15 +109,16 @@ def sft(
             order += fresh
         picked, order = order[: config.batch_size], order[config.batch_size :]
         batch = pack([trajectories[i] for i in picked], pad_id=pad_id).to_torch(device)
+        response_len = batch["loss_mask"].shape[1]
+        # Logits at column t predict the token at t + 1: only the response's are needed.
         logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
+            logits_to_keep=response_len + 1,
         ).logits
-        prompt_len = batch["input_ids"].shape[1] - batch["loss_mask"].shape[1]
-        # Logits at column t predict the token at t + 1.
-        predicted = logits[:, prompt_len - 1 : -1].float()
-        targets = batch["input_ids"][:, prompt_len:]
+        predicted = logits[:, :-1].float()
+        targets = batch["input_ids"][:, -response_len:]
         nll = torch.nn.functional.cross_entropy(
             predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), reduction="none"
         ).view_as(targets)
