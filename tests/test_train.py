@@ -263,16 +263,30 @@ TORCHRUN_2 = ["--standalone", "--nproc-per-node=2"]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fsdp", "algorithm"),
+    [(False, "grpo"), (True, "grpo"), (True, "ppo")],
+    ids=["replicas", "fsdp", "fsdp-ppo"],
+)
 def test_two_gloo_ranks_match_one_process(
-    tiny_model_dir: Path, world: Path, tmp_path: Path
+    tiny_model_dir: Path, world: Path, tmp_path: Path, fsdp: bool, algorithm: str
 ) -> None:
     """torchrun with 2 CPU ranks: the same metrics (losses, KL, entropy) as 1 process.
 
     Greedy rollouts make the responses independent of how the batch is split; the
     entropy bonus and the KL loss give every step a gradient to check the sync with.
+    With FSDP2 the run is also cut after step 2 and resumed (sharded optimizer state
+    through a checkpoint), and its final weights are those of the 1-process run (for
+    PPO, the critic's too).
     """
     config = small_config(
-        tiny_model_dir, world, tmp_path, batch_size=4, micro_batch_size=2, kl_coef=0.1
+        tiny_model_dir,
+        world,
+        tmp_path,
+        algorithm=algorithm,
+        batch_size=4,
+        micro_batch_size=2,
+        kl_coef=0.1,
     )
     config = replace(
         config,
@@ -283,25 +297,50 @@ def test_two_gloo_ranks_match_one_process(
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    runs = {}
-    for name, launcher in (
-        ("one", [sys.executable, "-m", "searchr1"]),
-        (
-            "two",
-            [sys.executable, "-m", "torch.distributed.run", *TORCHRUN_2, "-m", "searchr1"],
-        ),
-    ):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", *TORCHRUN_2, "-m", "searchr1"]
+
+    def train(name: str, launcher: list[str], *args: str) -> Path:
         out = tmp_path / name
         cmd = [*launcher, "train", "--config", str(path), "--set", f"run.output_dir={out}"]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
-        runs[name] = metrics_of(out)
-    one, two = runs["one"], runs["two"]
-    assert [r["step"] for r in two] == [1, 2, 3]
-    for a, b in zip(one, two, strict=True):
+        return out
+
+    one = train("one", [sys.executable, "-m", "searchr1"])
+    sharding = ("--set", f"model.fsdp={str(fsdp).lower()}")
+    if fsdp:
+        two = train("two", torchrun, *sharding, "--set", "run.total_steps=2")
+        train("two", torchrun, *sharding, "--resume")
+    else:
+        two = train("two", torchrun, *sharding)
+    runs = {"one": metrics_of(one), "two": metrics_of(two)}
+    assert [r["step"] for r in runs["two"]] == [1, 2, 3]
+    for a, b in zip(runs["one"], runs["two"], strict=True):
         for key in ("reward", "em", "searches", "turns", "response_length"):
             assert a[key] == b[key], key
-        for key in ("entropy", "kl", "kl_loss", "grad_norm", "pg_loss", "val/em"):
+        for key in ("entropy", "kl", "kl_loss", "grad_norm", "pg_loss", "value_loss", "val/em"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
-    assert one[1]["kl"] > 0  # the first update moved the policy away from the reference
+    assert runs["one"][1]["kl"] > 0  # the first update moved the policy away from the reference
+    if fsdp:
+        from safetensors.torch import load_file
+
+        def weights(out: Path, model: str) -> dict[str, Any]:
+            (shard,) = (out / "checkpoints" / "step_000003" / model).glob("*.safetensors")
+            return load_file(str(shard))
+
+        for model in ("actor", "critic") if algorithm == "ppo" else ("actor",):
+            ours, theirs = weights(two, model), weights(one, model)
+            assert ours.keys() == theirs.keys()
+            for key, value in theirs.items():
+                torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=2e-5, msg=key)
+        initial = transformers_weights(tiny_model_dir)
+        final = weights(one, "actor")
+        assert any(not torch.equal(initial[k], v) for k, v in final.items() if k in initial)
+
+
+def transformers_weights(model_dir: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    (shard,) = model_dir.glob("*.safetensors")
+    return load_file(str(shard))

@@ -47,6 +47,13 @@ class ModelConfig:
     vllm_gpu_memory_utilization: float = field(
         default=0.4, metadata={"help": "share of the GPU vLLM may take when colocated"}
     )
+    fsdp: bool | None = field(
+        default=None,
+        metadata={
+            "help": "shard weights, gradients and optimizer state over torchrun ranks "
+            "with FSDP2 (null: on CUDA with more than one rank; false: full replicas)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.engine not in ("hf", "vllm"):

@@ -63,18 +63,24 @@ def save_checkpoint(
     state: dict[str, Any],
     critic: Any = None,
     keep: int = 2,
+    actor_weights: dict[str, torch.Tensor] | None = None,
+    critic_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Writes checkpoint ``step`` under ``root`` and keeps the newest ``keep``."""
+    """Writes checkpoint ``step`` under ``root`` and keeps the newest ``keep``.
+
+    ``actor_weights`` / ``critic_weights``: the full weights to write in place of the
+    models' own (whose parameters are shards under FSDP).
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-step_{step:06d}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    actor.save_pretrained(tmp / "actor")
+    actor.save_pretrained(tmp / "actor", state_dict=actor_weights)
     tokenizer.save_pretrained(tmp / "actor")
     if critic is not None:
-        critic.save_pretrained(tmp / "critic")
+        critic.save_pretrained(tmp / "critic", state_dict=critic_weights)
     torch.save(state, tmp / "state.pt")
     _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step after a resume

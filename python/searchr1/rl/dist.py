@@ -1,9 +1,10 @@
 """Data parallelism under ``torchrun``: each rank rolls out its share of the batch.
 
-Every rank holds the whole model and the same weights. A step's prompts are split
-evenly across ranks; advantages are computed on the gathered batch (so GRPO groups,
-whitening and the like see exactly what one process would); gradients are summed
-across ranks with each micro-batch weighted by its share of the global tokens, so a
+Every rank holds the same weights, whole or (FSDP2, see :mod:`searchr1.rl.fsdp`) as
+shards. A step's prompts are split evenly across ranks; advantages are computed on the
+gathered batch (so GRPO groups, whitening and the like see exactly what one process
+would); gradients are summed across ranks (:meth:`Dist.sum_grads`, or FSDP's
+reduce-scatter) with each micro-batch weighted by its share of the global tokens, so a
 step equals the one-process step on the same batch. NCCL on CUDA, gloo on the CPU.
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op.
 """

@@ -78,10 +78,20 @@ class ValueModel(nn.Module):
             model.value_head.load_state_dict(torch.load(head, weights_only=True))
         return model
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Saves the backbone as a model directory and the head beside it."""
-        self.backbone.save_pretrained(path)  # type: ignore[operator]
-        torch.save(self.value_head.state_dict(), Path(path) / "value_head.pt")
+    def save_pretrained(
+        self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Saves the backbone as a model directory and the head beside it
+        (``state_dict``: the weights to write instead of the module's own)."""
+        backbone, head = None, self.value_head.state_dict()
+        if state_dict is not None:
+            parts: dict[str, dict[str, torch.Tensor]] = {"backbone": {}, "value_head": {}}
+            for key, value in state_dict.items():
+                owner, _, name = key.partition(".")
+                parts[owner][name] = value
+            backbone, head = parts["backbone"], parts["value_head"]
+        self.backbone.save_pretrained(path, state_dict=backbone)  # type: ignore[operator]
+        torch.save(head, Path(path) / "value_head.pt")
 
     def forward(
         self,

@@ -33,6 +33,7 @@ from searchr1.data import load_qa
 from searchr1.evaluate import summarize
 from searchr1.packing import pack
 from searchr1.reward import exact_match, get_reward
+from searchr1.rl import fsdp
 from searchr1.rl.algos import (
     gae_advantages,
     grpo_advantages,
@@ -78,6 +79,8 @@ def _backward(loss: torch.Tensor) -> None:
 
 
 def _scalar(x: Any) -> float:
+    if hasattr(x, "full_tensor"):  # a DTensor (FSDP): its value over all shards
+        x = x.full_tensor()
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
@@ -135,6 +138,18 @@ class Trainer:
             self.critic = ValueModel.from_pretrained(config.model.path).to(self.device)
             if config.model.gradient_checkpointing:
                 self.critic.backbone.gradient_checkpointing_enable()  # type: ignore[operator]
+        # FSDP2: the trained models are sharded; generation uses full weights (see fsdp.py).
+        wanted = config.model.fsdp
+        self.fsdp = self.dist.world > 1 and (
+            self.device.type == "cuda" if wanted is None else wanted
+        )
+        self.rollout_model = self.actor
+        if self.fsdp:
+            if config.model.engine == "hf":
+                self.rollout_model = copy.deepcopy(self.actor).eval().requires_grad_(False)
+            for model in (self.actor, self.ref, self.critic):
+                if model is not None:
+                    fsdp.shard(model, self.device.type, self.dist.world)
 
         # --- rollouts: engine and retriever -------------------------------------------
         self.engine: Any
@@ -148,8 +163,8 @@ class Trainer:
                 enable_sleep_mode=self.device.type == "cuda",
             )
         else:
-            # The engine samples from the very module being trained: nothing to sync.
-            self.engine = HFEngine(self.actor, self.tokenizer)
+            # Without FSDP the engine samples from the very module being trained.
+            self.engine = HFEngine(self.rollout_model, self.tokenizer)
         self.retriever = self._retriever()
         self.reward_fn = get_reward(rl.reward)
 
@@ -298,10 +313,9 @@ class Trainer:
         if self.critic_sched is not None:
             self.critic_sched.step()
 
-        # 7. Weights to the engine (the HF engine shares the actor's).
+        # 7. Weights to the engine (without FSDP the HF engine shares the actor's).
         t = time.perf_counter()
-        if cfg.model.engine == "vllm":
-            self.engine.load_weights(self.actor.state_dict().items())
+        self._sync_engine()
         timings["time/sync"] = time.perf_counter() - t
 
         self.step_no += 1
@@ -327,6 +341,14 @@ class Trainer:
             "time/step": time.perf_counter() - started,
         }
         return metrics
+
+    def _sync_engine(self) -> None:
+        """Pushes the actor's weights to the rollout engine, where it has its own."""
+        if self.config.model.engine == "vllm":
+            weights = fsdp.full_state_dict(self.actor) if self.fsdp else self.actor.state_dict()
+            self.engine.load_weights(weights.items())
+        elif self.fsdp:
+            self.rollout_model.load_state_dict(fsdp.full_state_dict(self.actor))
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each value over ranks (each rank holds as many trajectories)."""
@@ -396,14 +418,16 @@ class Trainer:
                         )
                         _backward(v_loss * weight)
                         sums["value_loss"] += _scalar(v_loss) * _scalar(weight)
-                self.dist.sum_grads(self.actor.parameters())
+                if not self.fsdp:  # FSDP has reduce-scattered (summed) them already
+                    self.dist.sum_grads(self.actor.parameters())
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     self.actor.parameters(), rl.max_grad_norm
                 )
-                sums["grad_norm"] += float(grad_norm)
+                sums["grad_norm"] += _scalar(grad_norm)
                 self.actor_opt.step()
                 if self.critic is not None and self.critic_opt is not None:
-                    self.dist.sum_grads(self.critic.parameters())
+                    if not self.fsdp:
+                        self.dist.sum_grads(self.critic.parameters())
                     torch.nn.utils.clip_grad_norm_(self.critic.parameters(), rl.max_grad_norm)
                     self.critic_opt.step()
                 count += 1
@@ -442,32 +466,47 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
 
+    def _optimizer_state(self, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return fsdp.full_optimizer_state(model, optimizer) if self.fsdp else optimizer.state_dict()
+
     def state(self) -> dict[str, Any]:
+        """Everything but the weights that a resume needs (a collective under FSDP)."""
         state = {
             "step": self.step_no,
             "stream": asdict(self.stream),
-            "actor_opt": self.actor_opt.state_dict(),
+            "actor_opt": self._optimizer_state(self.actor, self.actor_opt),
             "actor_sched": self.actor_sched.state_dict(),
             "rng": rng_state(),
         }
         if self.critic_opt is not None and self.critic_sched is not None:
-            state["critic_opt"] = self.critic_opt.state_dict()
+            state["critic_opt"] = self._optimizer_state(self.critic, self.critic_opt)
             state["critic_sched"] = self.critic_sched.state_dict()
         return state
 
     def save(self) -> Path:
-        """Writes a checkpoint (rank 0; every rank holds the same weights)."""
+        """Writes a checkpoint (rank 0, from full weights; every rank takes part)."""
         root = self.out / "checkpoints"
         path = root / f"step_{self.step_no:06d}"
+        state = self.state()
+        # Under FSDP the rollout copy holds the full actor (synced after each update).
+        actor = self.rollout_model if self.config.model.engine == "hf" else self.actor
+        actor_weights = None
+        if self.fsdp and actor is self.actor:
+            actor_weights = fsdp.full_state_dict(self.actor, everywhere=False)
+        critic_weights = None
+        if self.fsdp and self.critic is not None:
+            critic_weights = fsdp.full_state_dict(self.critic, everywhere=False)
         if self.dist.is_main:
             path = save_checkpoint(
                 root,
                 self.step_no,
-                self.actor,
+                actor,
                 self.tokenizer,
-                self.state(),
+                state,
                 critic=self.critic,
                 keep=self.config.run.keep_checkpoints,
+                actor_weights=actor_weights,
+                critic_weights=critic_weights,
             )
         self.dist.barrier()
         return path
@@ -479,24 +518,42 @@ class Trainer:
         weights: dict[str, torch.Tensor] = {}
         for shard in sorted((path / "actor").glob("*.safetensors")):
             weights.update(load_file(str(shard), device=str(self.device)))
-        missing, unexpected = self.actor.load_state_dict(weights, strict=False)
-        missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied
-        if missing or unexpected:
+        expected = set(self.rollout_model.state_dict())
+        tied = getattr(self.rollout_model.config, "tie_word_embeddings", False)
+        if tied and "lm_head.weight" in expected and "lm_head.weight" not in weights:
+            weights["lm_head.weight"] = weights.get("model.embed_tokens.weight")  # type: ignore[assignment]
+        missing = sorted(k for k in expected - set(weights) if weights.get(k) is None)
+        unexpected = sorted(set(weights) - expected)
+        if missing or unexpected or any(v is None for v in weights.values()):
             raise ValueError(f"{path}: checkpoint does not fit the model ({missing or unexpected})")
+        self._load_weights(self.actor, weights)
         state = torch.load(path / "state.pt", weights_only=False, map_location=self.device)
         if self.critic is not None:
             loaded = ValueModel.from_pretrained(path / "critic").to(self.device)
-            self.critic.load_state_dict(loaded.state_dict())
-        self.actor_opt.load_state_dict(state["actor_opt"])
+            self._load_weights(self.critic, loaded.state_dict())
+        self._load_optimizer(self.actor, self.actor_opt, state["actor_opt"])
         self.actor_sched.load_state_dict(state["actor_sched"])
         if self.critic_opt is not None and self.critic_sched is not None:
-            self.critic_opt.load_state_dict(state["critic_opt"])
+            self._load_optimizer(self.critic, self.critic_opt, state["critic_opt"])
             self.critic_sched.load_state_dict(state["critic_sched"])
         self.stream = DataStream(**state["stream"])
         self.step_no = int(state["step"])
         load_rng_state(state["rng"])
-        if self.config.model.engine == "vllm":
-            self.engine.load_weights(self.actor.state_dict().items())
+        self._sync_engine()
+
+    def _load_weights(self, model: Any, weights: dict[str, torch.Tensor]) -> None:
+        if self.fsdp:
+            fsdp.load_full_state_dict(model, weights)
+        else:
+            model.load_state_dict(weights)
+
+    def _load_optimizer(
+        self, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        if self.fsdp:
+            fsdp.load_full_optimizer_state(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
 
 
 class MetricsLog:
