@@ -97,7 +97,7 @@ demo: develop
 constraints:
 	(echo "# Exact versions of the test environment; make installs exactly these."; \
 	 echo "# Regenerate from a resolved .venv with 'make constraints'."; \
-	 $(BIN)/pip freeze --exclude-editable | grep -v -i '^searchr1' | sort -f) > constraints.txt.new
+	 $(BIN)/pip freeze --all --exclude-editable | grep -v -i -e '^searchr1' -e '^pip==' | sort -f) > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -218,6 +219,27 @@ def run_cli(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     )
 
 
+def test_metrics_go_to_tensorboard_too(tiny_model_dir: Path, world: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from searchr1.rl.trainer import train
+
+    config = small_config(tiny_model_dir, world, tmp_path / "run")
+    config = replace(config, run=replace(config.run, total_steps=2, eval_every=2))
+    train(config)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    rows = metrics_of(tmp_path / "run")
+    shown_keys = {k for k in events.Tags()["scalars"] if not k.startswith("time/")}
+    assert shown_keys == {k for row in rows for k in row if k != "step"}
+    for key in ("reward", "pg_loss", "entropy", "kl", "val/em"):
+        logged = [(row["step"], row[key]) for row in rows if key in row]
+        shown = [(e.step, e.value) for e in events.Scalars(key)]
+        assert [s for s, _ in shown] == [s for s, _ in logged], key
+        assert [v for _, v in shown] == pytest.approx([v for _, v in logged], rel=1e-6), key
+
+
 def metrics_of(out: Path) -> list[dict[str, float]]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
@@ -257,6 +279,14 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
         for key in ("reward", "em", "searches", "turns", "response_length", "lr"):
             assert got[key] == want[key], key
         assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    if importlib.util.find_spec("tensorboard") is not None:
+        # TensorBoard drops what the killed run logged past its checkpoint, too.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(killed / "tensorboard"))
+        events.Reload()
+        shown = [(e.step, e.value) for e in events.Scalars("reward")]
+        assert shown == [(row["step"], pytest.approx(row["reward"])) for row in resumed]
 
 
 TORCHRUN_2 = ["--standalone", "--nproc-per-node=2"]

@@ -577,7 +577,11 @@ class MetricsLog:
             except ImportError:
                 pass
             else:
-                self.tb = SummaryWriter(str(Path(config.run.output_dir) / "tensorboard"))
+                # On a resume, TensorBoard drops what was logged after the checkpoint.
+                self.tb = SummaryWriter(
+                    str(Path(config.run.output_dir) / "tensorboard"),
+                    purge_step=resume_step + 1 if resume_step else None,
+                )
         self.wandb: Any = None
         if config.run.wandb_project:
             try:
@@ -592,7 +596,8 @@ class MetricsLog:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tb is not None:
             for key, value in metrics.items():
-                self.tb.add_scalar(key, value, step)
+                if key != "step":  # the x axis already
+                    self.tb.add_scalar(key, value, step)
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
