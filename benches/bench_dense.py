@@ -6,9 +6,12 @@ noise of half their scale (every vector has ~20 near neighbours, as with embeddi
 the whole batch of query vectors, encoding excluded on both sides. Each side runs in
 its own process (peak RSS is its own).
 
-HNSW: searchr1's usearch graph vs faiss IndexHNSWFlat, both inner product, f32, M = 16,
+HNSW: searchr1's usearch graph vs faiss IndexHNSWFlat, both inner product, M = 16,
 efConstruction = 128, built on 2 threads; efSearch is raised from 16 until recall@10
-against the exact top-10 reaches 0.95, and queries/s are compared there.
+against the exact top-10 reaches 0.95, and queries/s are compared there. Ours twice:
+an f32 graph, and an i8 graph whose efSearch candidates are re-scored exactly against
+the stored f32 vectors (what `searchr1 index --hnsw --hnsw-dtype i8` builds); faiss's
+graph is f32.
 
 Also: the open time of a 1,000,000-vector index in a fresh process.
 """
@@ -87,7 +90,7 @@ def measure_exact(
     return {"qps": queries / elapsed, "ids": top, "rss_mb": peak_rss_mb()}
 
 
-EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
 
 
 def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
@@ -97,7 +100,7 @@ def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
 
 
 def measure_hnsw(
-    name: str, n: int, dim: int, queries: int, k: int, threads: int
+    name: str, n: int, dim: int, queries: int, k: int, threads: int, dtype: str = "f32"
 ) -> dict[str, object]:
     """Build time, then (efSearch, recall, queries/s) up to the first recall >= 0.95."""
     base = vectors(n, dim, 0)
@@ -130,7 +133,7 @@ def measure_hnsw(
             write_index(out, base)
             del base
             start = time.perf_counter()
-            _core.add_hnsw(out, dtype="f32", connectivity=16, expansion_add=128, threads=threads)
+            _core.add_hnsw(out, dtype=dtype, connectivity=16, expansion_add=128, threads=threads)
             build = time.perf_counter() - start
             index = _core.Index(out)
             for ef in EF_SEARCH:
@@ -175,12 +178,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--hnsw-vectors", type=int, default=200_000)
     ap.add_argument("--side", choices=["ours", "faiss"], help=argparse.SUPPRESS)
     ap.add_argument("--hnsw", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--hnsw-dtype", default="f32", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.side:
-        run = measure_hnsw if args.hnsw else measure_exact
-        n = args.hnsw_vectors if args.hnsw else args.vectors
-        r = run(args.side, n, args.dim, args.queries, args.k, args.threads)
+        if args.hnsw:
+            r = measure_hnsw(
+                args.side,
+                args.hnsw_vectors,
+                args.dim,
+                args.queries,
+                args.k,
+                args.threads,
+                args.hnsw_dtype,
+            )
+        else:
+            r = measure_exact(args.side, args.vectors, args.dim, args.queries, args.k, args.threads)
         print(json.dumps(r))
         return {}
 
@@ -203,12 +216,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     opened = open_time(args.open_vectors, args.dim)
     h_ours, h_peer = side("ours", "--hnsw"), side("faiss", "--hnsw")
+    h_i8 = side("ours", "--hnsw", "--hnsw-dtype", "i8")
 
     def at_target(curve: list[list[float]]) -> tuple[int, float, float]:
         ef, recall, qps = curve[-1]
         return int(ef), recall, qps
 
     o_ef, o_rec, o_hqps = at_target(h_ours["curve"])  # type: ignore[arg-type]
+    i_ef, i_rec, i_hqps = at_target(h_i8["curve"])  # type: ignore[arg-type]
     p_ef, p_rec, p_hqps = at_target(h_peer["curve"])  # type: ignore[arg-type]
     o_qps, p_qps = float(ours["qps"]), float(peer["qps"])  # type: ignore[arg-type]
     report(
@@ -223,14 +238,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             (f"open, {args.open_vectors} x {args.dim} f16", f"{opened * 1e3:8.1f} ms"),
         ],
     )
+    builds = f"{h_ours['build_s']:.1f} s / {h_i8['build_s']:.1f} s / {h_peer['build_s']:.1f} s"
     report(
-        f"HNSW: {args.hnsw_vectors} x {args.dim} f32, M 16, efConstruction 128, "
+        f"HNSW: {args.hnsw_vectors} x {args.dim}, M 16, efConstruction 128, "
         f"{args.threads} threads, at recall@{args.k} >= 0.95",
         [
-            ("build, searchr1 / faiss", f"{h_ours['build_s']:.1f} s / {h_peer['build_s']:.1f} s"),
-            ("searchr1: efSearch, recall, q/s", f"{o_ef}, {o_rec:.3f}, {o_hqps:.0f}"),
-            ("faiss:    efSearch, recall, q/s", f"{p_ef}, {p_rec:.3f}, {p_hqps:.0f}"),
-            ("speed-up at equal recall", f"{o_hqps / p_hqps:8.2f}x"),
+            ("build, searchr1 f32 / i8 / faiss", builds),
+            ("searchr1 f32: efSearch, recall, q/s", f"{o_ef}, {o_rec:.3f}, {o_hqps:.0f}"),
+            ("searchr1 i8+exact: efSearch, recall, q/s", f"{i_ef}, {i_rec:.3f}, {i_hqps:.0f}"),
+            ("faiss f32:    efSearch, recall, q/s", f"{p_ef}, {p_rec:.3f}, {p_hqps:.0f}"),
+            ("speed-up at equal recall, f32 graph", f"{o_hqps / p_hqps:8.2f}x"),
+            ("speed-up at equal recall, i8 graph", f"{i_hqps / p_hqps:8.2f}x"),
         ],
     )
     return {
@@ -244,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "faiss_hnsw_qps": p_hqps,
         "faiss_hnsw_recall": p_rec,
         "hnsw_ratio": o_hqps / p_hqps,
+        "hnsw_i8_qps": i_hqps,
+        "hnsw_i8_recall": i_rec,
+        "hnsw_i8_ratio": i_hqps / p_hqps,
     }
 
 

@@ -164,8 +164,8 @@ def clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_hnsw_recall_on_100k_vectors(tmp_path: Path) -> None:
-    """HNSW recall@10 >= 0.95 against exact search with f32 and f16 vectors; i8
-    quantisation costs recall on its own, so it gets a lower bar."""
+    """HNSW recall@10 >= 0.95 against exact search for f32, f16 and i8 graphs (a
+    quantized graph's candidates are re-scored exactly), with exact scores."""
     from searchr1 import _core
 
     n, dim = 100_000, 64
@@ -181,7 +181,7 @@ def test_hnsw_recall_on_100k_vectors(tmp_path: Path) -> None:
     exact = _core.Index(out).search_dense(queries, 10, exact=True)
     truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]
     assert [[int(h[0]) for h in row] for row in exact] == truth.tolist()
-    for dtype, bar in (("f32", 0.95), ("f16", 0.95), ("i8", 0.85)):
+    for dtype in ("f32", "f16", "i8"):
         manifest = json.loads(_core.add_hnsw(out, dtype=dtype, threads=2))
         assert manifest["dense"]["hnsw"]["dtype"] == dtype
         index = _core.Index(out)
@@ -193,7 +193,12 @@ def test_hnsw_recall_on_100k_vectors(tmp_path: Path) -> None:
                 for a, e in zip(approx, exact, strict=True)
             ]
         )
-        assert recall >= bar, f"{dtype}: recall@10 {recall:.3f}"
+        assert recall >= 0.95, f"{dtype}: recall@10 {recall:.3f}"
+        for q, row in zip(queries, approx, strict=True):
+            rows = [int(h[0]) for h in row]
+            scores = [h[1] for h in row]
+            assert scores == sorted(scores, reverse=True)
+            np.testing.assert_allclose(scores, base[rows] @ q, rtol=1e-4, atol=1e-5)
         index.set_ef_search(8)
         narrow = index.search_dense(queries, 10)
         assert narrow != approx, "efSearch changes the search"

@@ -86,7 +86,8 @@ def parse_action_cmd(text: str | None) -> None:
     default="f16",
     show_default=True,
     type=click.Choice(["f32", "f16", "i8"]),
-    help="How the HNSW graph stores its vectors.",
+    help="How the HNSW graph stores its vectors. f16 and i8 graphs are smaller and faster "
+    "to walk; their candidates are re-scored exactly against the stored vectors.",
 )
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
 @click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")

@@ -13,6 +13,7 @@ use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 
 use crate::dense::{query_count, FlatIndex};
 use crate::error::IndexError;
+use crate::topk::{Scored, TopK};
 
 const GRAPH: &str = "hnsw.usearch";
 
@@ -101,6 +102,9 @@ fn usearch_err(what: &str, e: impl std::fmt::Display) -> IndexError {
 /// An HNSW graph opened memory-mapped.
 pub struct HnswIndex {
     index: usearch::Index,
+    dtype: Quantization,
+    /// The current efSearch: a quantized graph's candidates to re-rank exactly.
+    expansion_search: std::sync::atomic::AtomicUsize,
 }
 
 impl HnswIndex {
@@ -172,35 +176,67 @@ impl HnswIndex {
             )));
         }
         index.change_expansion_search(settings.expansion_search);
-        Ok(HnswIndex { index })
+        Ok(HnswIndex {
+            index,
+            dtype: settings.dtype,
+            expansion_search: settings.expansion_search.into(),
+        })
     }
 
     /// Changes how many candidates a search keeps (efSearch).
     pub fn set_expansion_search(&self, n: usize) {
-        self.index.change_expansion_search(n.max(1));
+        let n = n.max(1);
+        self.index.change_expansion_search(n);
+        self.expansion_search
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The (approximately) best `k` rows per query (`n × dim`), as (row, inner product).
+    ///
+    /// A quantized graph (f16, i8) walks with approximate distances; its efSearch best
+    /// candidates are then scored exactly against `flat` (the stored vectors) and the
+    /// best `k` of those returned, with exact scores. An f32 graph's scores are exact.
     pub fn search(
         &self,
         queries: &[f32],
         dim: usize,
         k: usize,
+        flat: &FlatIndex,
     ) -> Result<Vec<Vec<(usize, f32)>>, IndexError> {
         query_count(queries, dim)?;
+        let rerank = self.dtype != Quantization::F32;
+        let wanted = if rerank {
+            k.max(self.expansion_search.load(std::sync::atomic::Ordering::Relaxed))
+        } else {
+            k
+        };
         queries
             .par_chunks_exact(dim)
-            .map(|q| {
+            .map_init(Vec::new, |buf, q| {
                 let found = self
                     .index
-                    .search::<f32>(q, k)
+                    .search::<f32>(q, wanted)
                     .map_err(|e| usearch_err("search", e))?;
-                // usearch's inner-product distance is 1 - a.b.
-                Ok(found
-                    .keys
-                    .iter()
-                    .zip(&found.distances)
-                    .map(|(&key, &d)| (key as usize, 1.0 - d))
+                if !rerank {
+                    // usearch's inner-product distance is 1 - a.b.
+                    return Ok(found
+                        .keys
+                        .iter()
+                        .zip(&found.distances)
+                        .map(|(&key, &d)| (key as usize, 1.0 - d))
+                        .collect());
+                }
+                let mut top = TopK::new(k);
+                for &key in &found.keys {
+                    let row = key as usize;
+                    let v = flat.vectors(row, row + 1, buf);
+                    let score = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                    top.push(Scored { score, key });
+                }
+                Ok(top
+                    .into_sorted()
+                    .into_iter()
+                    .map(|s| (s.key as usize, s.score))
                     .collect())
             })
             .collect()

@@ -411,7 +411,7 @@ impl IndexDir {
     ) -> Result<Vec<Vec<ScoredPassage>>, IndexError> {
         let dense = self.dense()?;
         let rows = match &self.hnsw {
-            Some(graph) if !exact => graph.search(queries, dense.dim(), k)?,
+            Some(graph) if !exact => graph.search(queries, dense.dim(), k, dense)?,
             _ => dense.search(queries, k)?,
         };
         self.resolve(rows)
