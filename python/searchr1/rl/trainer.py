@@ -488,19 +488,18 @@ class Trainer:
         root = self.out / "checkpoints"
         path = root / f"step_{self.step_no:06d}"
         state = self.state()
-        # Under FSDP the rollout copy holds the full actor (synced after each update).
-        actor = self.rollout_model if self.config.model.engine == "hf" else self.actor
-        actor_weights = None
-        if self.fsdp and actor is self.actor:
+        # Under FSDP the HF engine's copy holds the full actor (synced after each update);
+        # with vLLM the rollout model is the sharded actor, whose full weights are gathered.
+        actor_weights = critic_weights = None
+        if self.fsdp and self.rollout_model is self.actor:
             actor_weights = fsdp.full_state_dict(self.actor, everywhere=False)
-        critic_weights = None
         if self.fsdp and self.critic is not None:
             critic_weights = fsdp.full_state_dict(self.critic, everywhere=False)
         if self.dist.is_main:
             path = save_checkpoint(
                 root,
                 self.step_no,
-                actor,
+                self.rollout_model,
                 self.tokenizer,
                 state,
                 critic=self.critic,
@@ -520,11 +519,12 @@ class Trainer:
             weights.update(load_file(str(shard), device=str(self.device)))
         expected = set(self.rollout_model.state_dict())
         tied = getattr(self.rollout_model.config, "tie_word_embeddings", False)
-        if tied and "lm_head.weight" in expected and "lm_head.weight" not in weights:
-            weights["lm_head.weight"] = weights.get("model.embed_tokens.weight")  # type: ignore[assignment]
-        missing = sorted(k for k in expected - set(weights) if weights.get(k) is None)
+        embed = weights.get("model.embed_tokens.weight")
+        if tied and "lm_head.weight" in expected - set(weights) and embed is not None:
+            weights["lm_head.weight"] = embed  # a tied head is saved once, as the embedding
+        missing = sorted(expected - set(weights))
         unexpected = sorted(set(weights) - expected)
-        if missing or unexpected or any(v is None for v in weights.values()):
+        if missing or unexpected:
             raise ValueError(f"{path}: checkpoint does not fit the model ({missing or unexpected})")
         self._load_weights(self.actor, weights)
         state = torch.load(path / "state.pt", weights_only=False, map_location=self.device)

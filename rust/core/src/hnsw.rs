@@ -123,8 +123,6 @@ fn usearch_err(what: &str, e: impl std::fmt::Display) -> IndexError {
 pub struct HnswIndex {
     index: usearch::Index,
     dtype: Quantization,
-    /// The current efSearch: a quantized graph's candidates to re-rank exactly.
-    expansion_search: std::sync::atomic::AtomicUsize,
 }
 
 impl HnswIndex {
@@ -199,16 +197,12 @@ impl HnswIndex {
         Ok(HnswIndex {
             index,
             dtype: settings.dtype,
-            expansion_search: settings.expansion_search.into(),
         })
     }
 
     /// Changes how many candidates a search keeps (efSearch).
     pub fn set_expansion_search(&self, n: usize) {
-        let n = n.max(1);
-        self.index.change_expansion_search(n);
-        self.expansion_search
-            .store(n, std::sync::atomic::Ordering::Relaxed);
+        self.index.change_expansion_search(n.max(1));
     }
 
     /// The (approximately) best `k` rows per query (`n × dim`), as (row, inner product).
@@ -225,8 +219,9 @@ impl HnswIndex {
     ) -> Result<Vec<Vec<(usize, f32)>>, IndexError> {
         query_count(queries, dim)?;
         let rerank = self.dtype != Quantization::F32;
+        // A quantized graph's efSearch candidates, to be re-scored exactly.
         let wanted = if rerank {
-            k.max(self.expansion_search.load(std::sync::atomic::Ordering::Relaxed))
+            k.max(self.index.expansion_search())
         } else {
             k
         };
