@@ -3,8 +3,8 @@
 //! tantivy does the analysis (tokenise, lowercase, English stop words, optional Porter2
 //! stemming), the multi-threaded indexing under a memory budget, the compressed store
 //! of passages and the memory-mapped files. Scoring is ours, so that `k1` and `b` can
-//! be set (tantivy fixes them at 1.2 / 0.75) and so that a whole batch of queries runs
-//! on rayon with one accumulator per thread:
+//! be set (tantivy fixes them at 1.2 / 0.75), with MaxScore pruning (see [`top_k`]),
+//! and so that a whole batch of queries runs on rayon:
 //!
 //! `score(d, q) = Σ_t count(t, q) · idf(t) · f / (f + k1 · (1 − b + b · |d| / avgdl))`,
 //! `idf(t) = ln(1 + (N − n_t + 0.5) / (n_t + 0.5))`,
@@ -18,12 +18,12 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tantivy::directory::MmapDirectory;
-use tantivy::postings::BlockSegmentPostings;
+use tantivy::postings::{Postings, SegmentPostings};
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST};
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, StopWordFilter, TextAnalyzer,
 };
-use tantivy::{DocId, Index, IndexReader, ReloadPolicy, TantivyDocument, Term, TERMINATED};
+use tantivy::{DocId, DocSet, Index, IndexReader, ReloadPolicy, TantivyDocument, Term, TERMINATED};
 
 use crate::analysis::CachedStemmer;
 use crate::corpus::Passage;
@@ -243,9 +243,7 @@ impl Bm25Index {
                 || self.analyzer.clone(),
                 |analyzer, query| {
                     let terms = self.query_terms(analyzer, query, &searcher, &stats)?;
-                    let top = SCRATCH.with_borrow_mut(|scratch| {
-                        top_k(&searcher, self.contents_field, &terms, &norm_tables, k, scratch)
-                    })?;
+                    let top = top_k(&searcher, self.contents_field, &terms, &norm_tables, k)?;
                     top.into_iter()
                         .map(|(score, segment, doc)| Ok((row_of(&searcher, segment, doc)?, score)))
                         .collect()
@@ -340,83 +338,119 @@ impl NormTable {
     }
 }
 
-/// A score accumulator over the docs of a segment. All zeros between queries: a query
-/// zeroes exactly the slots it touched.
-#[derive(Default)]
-struct Scratch {
-    scores: Vec<f32>,
-    touched: Vec<DocId>,
+/// A query term's postings in one segment, positioned on a document.
+struct Cursor {
+    postings: SegmentPostings,
+    /// `count · idf`: more than the term can add to any score (`f / (f + norm) < 1`).
+    weight: f32,
+    /// The term's place in the query; a document's score sums its terms in this order.
+    slot: usize,
 }
 
-thread_local! {
-    /// One accumulator per thread, kept across searches: for a corpus of 21M passages it
-    /// is 84 MB, too much to allocate per batch.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+/// Whether a document whose score is at most `bound` cannot enter a top-k whose entry
+/// score is `threshold`. The margin covers the rounding of bounds summed in another
+/// order than scores.
+#[inline]
+fn cannot_enter(bound: f32, threshold: f32) -> bool {
+    bound < threshold - threshold.abs() * 1e-5
 }
 
-/// Term-at-a-time scoring of every segment; the best `k` as (score, segment, doc).
+/// The best `k` of every segment as (score, segment, doc), by MaxScore.
+///
+/// Terms are ordered by weight; the lightest ones whose weights together cannot reach
+/// the current k-th score are "non-essential": only documents of the other terms'
+/// postings are visited, and the non-essential postings are skipped to them (through
+/// tantivy's skip lists) only while the document can still enter. Frequent words have
+/// low idf, so their long postings are mostly skipped. The result is exactly that of
+/// scoring every posting: scores are summed in query-term order, and a document is
+/// dropped only when its upper bound cannot beat the k-th score.
 fn top_k(
     searcher: &tantivy::Searcher,
     field: Field,
     terms: &[(Term, f32)],
     norms: &NormTable,
     k: usize,
-    scratch: &mut Scratch,
 ) -> Result<Vec<(f32, u32, DocId)>, IndexError> {
-    // A query that failed part-way may have left scores behind.
-    for &doc in &scratch.touched {
-        scratch.scores[doc as usize] = 0.0;
-    }
-    scratch.touched.clear();
     let mut best = TopK::new(k);
     if k == 0 || terms.is_empty() {
         return Ok(Vec::new());
     }
+    let mut parts = vec![0f32; terms.len()];
     for (ord, segment) in searcher.segment_readers().iter().enumerate() {
         let inverted = segment.inverted_index(field).map_err(tantivy_err)?;
         let fieldnorms = segment.get_fieldnorms_reader(field).map_err(tantivy_err)?;
-        if scratch.scores.len() < segment.max_doc() as usize {
-            scratch.scores.resize(segment.max_doc() as usize, 0.0);
-        }
         let alive = segment.alive_bitset();
-        for (term, weight) in terms {
-            let Some(mut postings): Option<BlockSegmentPostings> = inverted
-                .read_block_postings(term, IndexRecordOption::WithFreqs)
-                .map_err(|e| IndexError::Tantivy(e.to_string()))?
-            else {
-                continue;
+        let mut cursors = Vec::with_capacity(terms.len());
+        for (slot, (term, weight)) in terms.iter().enumerate() {
+            let postings = inverted
+                .read_postings(term, IndexRecordOption::WithFreqs)
+                .map_err(|e| IndexError::Tantivy(e.to_string()))?;
+            if let Some(postings) = postings {
+                cursors.push(Cursor {
+                    postings,
+                    weight: *weight,
+                    slot,
+                });
+            }
+        }
+        cursors.sort_by(|a, b| a.weight.total_cmp(&b.weight));
+        // bounds[i]: the most that cursors 0..=i can add to a score together.
+        let bounds: Vec<f32> = cursors
+            .iter()
+            .scan(0f32, |sum, c| {
+                *sum += c.weight;
+                Some(*sum)
+            })
+            .collect();
+        // cursors[essential..] are the ones whose documents are visited.
+        let mut essential = 0;
+        loop {
+            let threshold = best.threshold();
+            while essential < cursors.len() && cannot_enter(bounds[essential], threshold) {
+                essential += 1;
+            }
+            let Some(doc) = cursors[essential..].iter().map(|c| c.postings.doc()).min() else {
+                break;
             };
-            loop {
-                let docs = postings.docs();
-                if docs.is_empty() {
+            if doc == TERMINATED {
+                break;
+            }
+            let norm = norms.0[fieldnorms.fieldnorm_id(doc) as usize];
+            let mut partial = 0f32;
+            for c in &mut cursors[essential..] {
+                if c.postings.doc() == doc {
+                    let f = c.postings.term_freq() as f32;
+                    parts[c.slot] = c.weight * (f / (f + norm));
+                    partial += parts[c.slot];
+                    c.postings.advance();
+                }
+            }
+            let mut dropped = false;
+            for i in (0..essential).rev() {
+                if cannot_enter(partial + bounds[i], threshold) {
+                    dropped = true;
                     break;
                 }
-                for (&doc, &freq) in docs.iter().zip(postings.freqs()) {
-                    if doc == TERMINATED {
-                        break;
-                    }
-                    let norm = norms.0[fieldnorms.fieldnorm_id(doc) as usize];
-                    let f = freq as f32;
-                    let slot = &mut scratch.scores[doc as usize];
-                    if *slot == 0.0 {
-                        scratch.touched.push(doc);
-                    }
-                    *slot += weight * (f / (f + norm));
+                let c = &mut cursors[i];
+                if c.postings.doc() < doc {
+                    c.postings.seek(doc);
                 }
-                postings.advance();
+                if c.postings.doc() == doc {
+                    let f = c.postings.term_freq() as f32;
+                    parts[c.slot] = c.weight * (f / (f + norm));
+                    partial += parts[c.slot];
+                }
             }
-        }
-        for &doc in &scratch.touched {
-            let score = std::mem::take(&mut scratch.scores[doc as usize]);
-            if alive.is_some_and(|a| !a.is_alive(doc)) {
-                continue;
+            if !dropped && alive.is_none_or(|a| a.is_alive(doc)) {
+                // In query-term order from zero, as a pass term by term would add them.
+                let score = parts.iter().fold(0f32, |sum, &p| sum + p);
+                best.push(Scored {
+                    score,
+                    key: ((ord as u64) << 32) | doc as u64,
+                });
             }
-            best.push(Scored {
-                score,
-                key: ((ord as u64) << 32) | doc as u64,
-            });
+            parts.fill(0.0);
         }
-        scratch.touched.clear();
     }
     Ok(best
         .into_sorted()
@@ -447,6 +481,54 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn pruning_returns_exactly_what_scoring_every_posting_does() {
+        // Zipf-like words (w0 in most passages, w299 in few), some repeated.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let word = |next: &mut dyn FnMut(u64) -> u64| format!("w{}", next(300) * next(300) / 300);
+        let texts: Vec<String> = (0..3000)
+            .map(|_| {
+                let len = 5 + next(40);
+                (0..len).map(|_| word(&mut next)).collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        let queries: Vec<String> = (0..200)
+            .map(|_| {
+                let len = 1 + next(7);
+                (0..len).map(|_| word(&mut next)).collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        let dir = tmp("pruning");
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // A small budget and 2 threads: several segments.
+        Bm25Index::build(
+            &dir,
+            passages(&refs),
+            Bm25Settings::default(),
+            2,
+            15_000_000,
+            |_| {},
+        )
+        .unwrap();
+        let index = Bm25Index::open(&dir, Bm25Settings::default()).unwrap();
+        // With k >= the corpus nothing can be pruned: every posting is scored.
+        let every = index.search(&queries, texts.len()).unwrap();
+        for k in [1, 3, 10] {
+            let pruned = index.search(&queries, k).unwrap();
+            for (q, (got, all)) in pruned.iter().zip(&every).enumerate() {
+                let want = &all[..k.min(all.len())];
+                assert_eq!(got, want, "query {q} {:?}, k = {k}", queries[q]);
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
