@@ -114,11 +114,35 @@ class DenseFlat:
                 self.corpus.append(json.loads(line))
         self.batch_size = batch_size
 
+    def encode(self, queries: list[str]) -> Any:
+        """Search-R1's ``Encoder.encode``: the batch padded to its longest query, the
+        model, the pooling the index records, L2 normalisation (the index's model and
+        settings; searchr1's own encoder sorts by length instead, which this leaves
+        out)."""
+        import torch
+
+        enc, config = self.encoder, self.encoder.config
+        with torch.no_grad():
+            inputs = enc.tokenizer(
+                [config.query_prefix + q for q in queries],
+                max_length=config.max_length,
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+            )
+            hidden = enc.model(**inputs).last_hidden_state
+            if config.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
     def batch_search(self, queries: list[str], k: int) -> tuple[list[list[Any]], list[list[float]]]:
         results: list[list[Any]] = []
         scores: list[list[float]] = []
         for start in range(0, len(queries), self.batch_size):
-            emb = self.encoder.encode(queries[start : start + self.batch_size])
+            emb = self.encode(queries[start : start + self.batch_size])
             batch_scores, batch_ids = self.index.search(emb, k)
             for ids, row_scores in zip(batch_ids.tolist(), batch_scores.tolist(), strict=True):
                 results.append([self.corpus[i] for i in ids])

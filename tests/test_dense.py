@@ -56,6 +56,16 @@ def test_encoder_matches_sentence_transformers() -> None:
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+def test_encoder_batches_by_length_and_keeps_the_order() -> None:
+    texts = ["a much longer question about the rivers and the towns of Africa", "Dune", "", "who"]
+    texts += ["the capital of France", "Who wrote Dune?", "x " * 300]  # the last is truncated
+    enc = Encoder(EncoderConfig.for_model(MODEL), batch_size=2)
+    together = enc.encode(texts)
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert enc.encode([]).shape == (0, 384)
+
+
 def test_config_for_model() -> None:
     assert EncoderConfig.for_model(MODEL).pooling == "mean"
     e5 = EncoderConfig.for_model("/models/e5-base-v2")

@@ -92,19 +92,29 @@ class Encoder:
     def encode(
         self, texts: list[str], kind: Literal["query", "passage"] = "query"
     ) -> npt.NDArray[np.float32]:
-        """Vectors of ``texts`` (queries or passages), shape ``[len(texts), dim]``."""
+        """Vectors of ``texts`` (queries or passages), shape ``[len(texts), dim]``.
+
+        The texts are tokenized once, then encoded in batches of similar length
+        (shortest first), so a batch is padded to little more than its own texts:
+        on bench_server's queries this encodes 1.9x faster than batches in the given
+        order (benches/README.md). Rows come back in the given order.
+        """
         import torch
 
         prefix = self.config.query_prefix if kind == "query" else self.config.passage_prefix
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        features = self.tokenizer(
+            [prefix + t for t in texts], truncation=True, max_length=self.config.max_length
+        )
+        lengths = [len(ids) for ids in features["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                chunk = [prefix + t for t in texts[start : start + self.batch_size]]
-                batch = self.tokenizer(
-                    chunk,
-                    padding=True,
-                    truncation=True,
-                    max_length=self.config.max_length,
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad(
+                    {key: [values[i] for i in rows] for key, values in features.items()},
                     return_tensors="pt",
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
@@ -114,5 +124,5 @@ class Encoder:
                     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[start : start + len(chunk)] = pooled.cpu().numpy()
+                out[rows] = pooled.cpu().numpy()
         return out
