@@ -185,7 +185,7 @@ def add_dense(dir: PathLike[str] | str, dim: int, dtype: str, rows: int, encoder
 def add_hnsw(
     dir: PathLike[str] | str,
     *,
-    dtype: str = "f16",
+    dtype: str = "i8",
     connectivity: int = 16,
     expansion_add: int = 128,
     expansion_search: int = 256,

@@ -102,7 +102,7 @@ class Retriever:
         stopwords: bool = True,
         dtype: str = "f32",
         hnsw: bool = False,
-        hnsw_dtype: str = "f16",
+        hnsw_dtype: str = "i8",
         connectivity: int = 16,
         ef_construction: int = 128,
         ef_search: int = 256,

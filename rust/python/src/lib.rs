@@ -504,7 +504,7 @@ fn add_dense(dir: std::path::PathBuf, dim: usize, dtype: &str, rows: u64, encode
 
 /// Builds an HNSW graph over the dense vectors of the index `dir`; returns the manifest.
 #[pyfunction]
-#[pyo3(signature = (dir, *, dtype = "f16", connectivity = 16, expansion_add = 128, expansion_search = 256, threads = None, progress = false))]
+#[pyo3(signature = (dir, *, dtype = "i8", connectivity = 16, expansion_add = 128, expansion_search = 256, threads = None, progress = false))]
 #[allow(clippy::too_many_arguments)]
 fn add_hnsw(
     py: Python<'_>,
