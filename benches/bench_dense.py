@@ -6,12 +6,16 @@ noise of half their scale (every vector has ~20 near neighbours, as with embeddi
 the whole batch of query vectors, encoding excluded on both sides. Each side runs in
 its own process (peak RSS is its own).
 
+Exact search twice: f32 vectors (ours vs faiss IndexFlatIP), and 8-bit vectors (ours:
+i8 with a scale per row, `searchr1 index --dtype i8`; faiss: IndexScalarQuantizer
+QT_8bit, trained on the vectors), with the recall@10 of each against the f32 top-10.
+
 HNSW: searchr1's usearch graph vs faiss IndexHNSWFlat, both inner product, M = 16,
 efConstruction = 128, built on 2 threads; efSearch is raised from 16 until recall@10
 against the exact top-10 reaches 0.95, and queries/s are compared at recall 0.95
 (interpolated between the two efSearch values around it, on each side). Ours twice:
 an f32 graph, and an i8 graph whose efSearch candidates are re-scored exactly against
-the stored f32 vectors (what `searchr1 index --hnsw --hnsw-dtype i8` builds); faiss's
+the stored f32 vectors (what `searchr1 index --hnsw` builds); faiss's
 graph is f32.
 
 Also: the open time of a 1,000,000-vector index in a fresh process.
@@ -60,15 +64,23 @@ def write_index(out: Path, base: np.ndarray, dtype: str = "f32") -> None:
 
 
 def measure_exact(
-    name: str, n: int, dim: int, queries: int, k: int, threads: int
+    name: str, n: int, dim: int, queries: int, k: int, threads: int, dtype: str = "f32"
 ) -> dict[str, object]:
+    """Queries/s of an exhaustive search; ``dtype`` i8: 8-bit vectors on both sides
+    (ours a scale per row, faiss ``IndexScalarQuantizer`` QT_8bit)."""
     base = vectors(n, dim, 0)
     q = vectors(queries, dim, 1)
     if name == "faiss":
         import faiss
 
         faiss.omp_set_num_threads(threads)
-        index = faiss.IndexFlatIP(dim)
+        if dtype == "i8":
+            index = faiss.IndexScalarQuantizer(
+                dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+            index.train(base)
+        else:
+            index = faiss.IndexFlatIP(dim)
         index.add(base)
         index.search(q[:10], k)
         start = time.perf_counter()
@@ -80,7 +92,7 @@ def measure_exact(
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "idx"
-            write_index(out, base)
+            write_index(out, base, dtype)
             del base
             index = _core.Index(out)
             index.search_dense(q[:10], k)
@@ -180,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--side", choices=["ours", "faiss"], help=argparse.SUPPRESS)
     ap.add_argument("--hnsw", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--hnsw-dtype", default="f32", help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", default="f32", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.side:
@@ -194,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 args.hnsw_dtype,
             )
         else:
-            r = measure_exact(args.side, args.vectors, args.dim, args.queries, args.k, args.threads)
+            r = measure_exact(
+                args.side, args.vectors, args.dim, args.queries, args.k, args.threads, args.dtype
+            )
         print(json.dumps(r))
         return {}
 
@@ -215,6 +230,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     agree = np.mean(
         [a == b for a, b in zip(ours["ids"], peer["ids"], strict=True)]  # type: ignore[call-overload]
     )
+    ours8, peer8 = side("ours", "--dtype", "i8"), side("faiss", "--dtype", "i8")
+
+    def recall(found: object) -> float:
+        """Recall@k of ``found`` against the f32 exact top-k (faiss's)."""
+        return recall_at(found, np.array(peer["ids"]))  # type: ignore[arg-type]
+
     opened = open_time(args.open_vectors, args.dim)
     h_ours, h_peer = side("ours", "--hnsw"), side("faiss", "--hnsw")
     h_i8 = side("ours", "--hnsw", "--hnsw-dtype", "i8")
@@ -245,6 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ("speed-up", f"{o_qps / p_qps:8.2f}x"),
             ("same top-k lists", f"{agree:8.3f}"),
             ("peak RSS, searchr1 / faiss", f"{ours['rss_mb']:.0f} MB / {peer['rss_mb']:.0f} MB"),
+            ("i8 vectors: queries/s, searchr1", f"{ours8['qps']:8.0f}"),
+            ("i8 vectors: queries/s, faiss SQ8", f"{peer8['qps']:8.0f}"),
+            ("i8 speed-up", f"{float(ours8['qps']) / float(peer8['qps']):8.2f}x"),  # type: ignore[arg-type]
+            ("i8 recall@k, searchr1", f"{recall(ours8['ids']):8.3f}"),
+            ("i8 recall@k, faiss SQ8", f"{recall(peer8['ids']):8.3f}"),
             (f"open, {args.open_vectors} x {args.dim} f16", f"{opened * 1e3:8.1f} ms"),
         ],
     )
@@ -267,6 +293,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "faiss_qps": p_qps,
         "ratio": o_qps / p_qps,
         "agree": float(agree),
+        "i8_qps": float(ours8["qps"]),  # type: ignore[arg-type]
+        "faiss_sq8_qps": float(peer8["qps"]),  # type: ignore[arg-type]
+        "i8_recall": recall(ours8["ids"]),
+        "faiss_sq8_recall": recall(peer8["ids"]),
         "open_s": opened,
         "hnsw_qps": o_hqps,
         "hnsw_recall": o_rec,

@@ -122,6 +122,22 @@ def test_f16_dense_only_and_cache(corpus: Path, tmp_path: Path) -> None:
     assert len(cached._cache) == 2
 
 
+def test_i8_vectors_find_what_f32_vectors_find(
+    index: Retriever, corpus: Path, tmp_path: Path
+) -> None:
+    r = Retriever.build(
+        corpus, tmp_path / "i8", bm25=False, dense_model=MODEL, dtype="i8", progress=False
+    )
+    assert r.manifest["dense"]["dtype"] == "i8"
+    queries = [f"what is {t}" for t, _ in FACTS]
+    quantized = r.search(queries, k=3, mode="dense", exact=True)
+    full = index.search(queries, k=3, mode="dense", exact=True)
+    for got, want in zip(quantized, full, strict=True):
+        assert got[0].id == want[0].id
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=5e-3)
+    assert (tmp_path / "i8" / "dense" / "vectors.bin").stat().st_size == len(r) * (4 + 384)
+
+
 def test_mismatched_encoder_is_an_error(index: Retriever, tmp_path: Path) -> None:
     import shutil
 

@@ -77,8 +77,9 @@ def parse_action_cmd(text: str | None) -> None:
     "--dtype",
     default="f32",
     show_default=True,
-    type=click.Choice(["f32", "f16"]),
-    help="How dense vectors are stored.",
+    type=click.Choice(["f32", "f16", "i8"]),
+    help="How dense vectors are stored: f16 halves the size, i8 (a scale per row) "
+    "quarters it; exact search then scores the stored, rounded values.",
 )
 @click.option("--hnsw", is_flag=True, help="Also build an HNSW graph for fast approximate search.")
 @click.option(

@@ -125,13 +125,14 @@ class Retriever:
         and Porter2 stemming. ``threads`` indexing threads share ``memory_mb``.
 
         ``dense_model`` (a transformers model directory) adds dense vectors, stored as
-        ``dtype`` ("f32" or "f16"); pooling and prefixes default to what suits the model
-        (see :meth:`EncoderConfig.for_model`). ``hnsw`` also builds an HNSW graph (usearch,
-        vectors quantised to ``hnsw_dtype``: "f32", "f16" or "i8", a quantised graph's
-        candidates re-scored exactly against the stored vectors; ``connectivity`` links
-        per node, ``ef_construction`` / ``ef_search`` candidate lists) that dense search
-        then uses. ``progress`` draws bars on standard error (default: when it is a
-        terminal). A failed build leaves nothing behind.
+        ``dtype`` ("f32", "f16", or "i8" with a scale per row); pooling and prefixes
+        default to what suits the model (see :meth:`EncoderConfig.for_model`). ``hnsw``
+        also builds an HNSW graph (usearch, vectors quantised to ``hnsw_dtype``: "f32",
+        "f16" or "i8", a quantised graph's candidates re-scored exactly against the
+        stored vectors; ``connectivity`` links per node, ``ef_construction`` /
+        ``ef_search`` candidate lists) that dense search then uses. ``progress`` draws
+        bars on standard error (default: when it is a terminal). A failed build leaves
+        nothing behind.
         """
         if not bm25 and dense_model is None:
             raise InputError("nothing to build: enable bm25 or give a dense_model")
