@@ -448,7 +448,12 @@ def infer_cmd(question: str, **options: Any) -> None:
 @main.command("demo")
 @click.option("--out", default="runs/toy", show_default=True, help="Directory for everything.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the world and the training.")
-@click.option("--quick", is_flag=True, help="A shortened run (smaller world, fewer steps).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A shortened run (about 2.5 min): 100 entities, 300 SFT and 16 GRPO steps; "
+    "RL raises the search rate, not yet EM.",
+)
 @click.option("--sft-steps", type=click.IntRange(1), help="Warm-start steps [default: 600].")
 @click.option("--rl-steps", type=click.IntRange(1), help="GRPO steps [default: 80].")
 @click.option(
