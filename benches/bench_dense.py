@@ -191,25 +191,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--hnsw-vectors", type=int, default=200_000)
     ap.add_argument("--side", choices=["ours", "faiss"], help=argparse.SUPPRESS)
     ap.add_argument("--hnsw", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--hnsw-dtype", default="f32", help=argparse.SUPPRESS)
+    # What the measured side stores: the flat vectors, or with --hnsw the graph's.
     ap.add_argument("--dtype", default="f32", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.side:
-        if args.hnsw:
-            r = measure_hnsw(
-                args.side,
-                args.hnsw_vectors,
-                args.dim,
-                args.queries,
-                args.k,
-                args.threads,
-                args.hnsw_dtype,
-            )
-        else:
-            r = measure_exact(
-                args.side, args.vectors, args.dim, args.queries, args.k, args.threads, args.dtype
-            )
+        run = measure_hnsw if args.hnsw else measure_exact
+        n = args.hnsw_vectors if args.hnsw else args.vectors
+        r = run(args.side, n, args.dim, args.queries, args.k, args.threads, args.dtype)
         print(json.dumps(r))
         return {}
 
@@ -238,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     opened = open_time(args.open_vectors, args.dim)
     h_ours, h_peer = side("ours", "--hnsw"), side("faiss", "--hnsw")
-    h_i8 = side("ours", "--hnsw", "--hnsw-dtype", "i8")
+    h_i8 = side("ours", "--hnsw", "--dtype", "i8")
 
     def at_target(curve: list[list[float]]) -> tuple[int, float, float]:
         ef, recall, qps = curve[-1]

@@ -236,7 +236,7 @@ impl FlatIndex {
                 buf
             }
             DType::I8 => {
-                let row_bytes = 4 + d;
+                let row_bytes = DType::I8.row_bytes(d);
                 let bytes = &self.vectors[start * row_bytes..end * row_bytes];
                 buf.clear();
                 for row in bytes.chunks_exact(row_bytes) {
