@@ -89,7 +89,7 @@ def parse_action_cmd(text: str | None) -> None:
     type=click.Choice(["f32", "f16", "i8"]),
     help="How the HNSW graph stores its vectors. f16 and i8 graphs are smaller; their "
     "candidates are re-scored exactly against the stored vectors. i8 walks fastest "
-    "(2.2x f16 and f32 at equal recall on 2 cores, benches/README.md).",
+    "(about 2x the f16 and f32 graphs at equal recall on 2 cores; benches/README.md).",
 )
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
 @click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")

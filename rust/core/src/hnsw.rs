@@ -62,7 +62,7 @@ pub struct HnswSettings {
 impl Default for HnswSettings {
     fn default() -> Self {
         HnswSettings {
-            // i8 walks fastest: 2.2x f16 and f32 at equal recall (benches/README.md).
+            // i8 walks fastest: about 2x the f16 and f32 graphs at equal recall (benches/README.md).
             dtype: Quantization::I8,
             connectivity: 16,
             expansion_add: 128,
