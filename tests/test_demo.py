@@ -64,8 +64,10 @@ def test_rl_teaches_the_warm_start_to_search(tmp_path: Path) -> None:
     config = quick(DemoConfig(out=str(tmp_path / "toy"), two_hop_fraction=0.5))
     summary = run_demo(config, log=lambda _: None)
     before, after = summary["before"], summary["after"]
-    # Measured on 2 cores (the same on 1): search rate 0.54 -> 0.80, 2-hop searches 0.25 ->
-    # 1.13. With seed 1: 0.46 -> 0.80 and 0.68 -> 1.14. With the reward negated: 0.54 -> 0.
+    # Measured on 2 cores with 4 heads (the default): search rate 0.62 -> 0.98, 2-hop
+    # searches 0.58 -> 1.92, EM 0.04 -> 0.06; reward negated: search rate 0.62 -> 0.
+    # Seed 1 (not asserted): 0.40 -> 0.74 and 0.50 -> 1.05, but EM 0.16 -> 0.14 (one of
+    # 50 questions), so the EM bar holds for seed 0 only. With 2 heads: 0.54 -> 0.80.
     assert after["all"]["search_rate"] >= before["all"]["search_rate"] + 0.15, (before, after)
     assert after["toy-2hop"]["searches"] >= before["toy-2hop"]["searches"] + 0.3, (before, after)
     assert after["all"]["em"] >= before["all"]["em"], (before, after)
