@@ -69,7 +69,7 @@ def test_rl_teaches_the_warm_start_to_search(tmp_path: Path) -> None:
     # Seed 1 (not asserted): 0.40 -> 0.74 and 0.50 -> 1.05, but EM 0.16 -> 0.14 (one of
     # 50 questions), so the EM bar holds for seed 0 only. With 2 heads: 0.54 -> 0.80.
     assert after["all"]["search_rate"] >= before["all"]["search_rate"] + 0.15, (before, after)
-    assert after["toy-2hop"]["searches"] >= before["toy-2hop"]["searches"] + 0.3, (before, after)
+    assert after["toy-2hop"]["searches"] >= before["toy-2hop"]["searches"] + 0.5, (before, after)
     assert after["all"]["em"] >= before["all"]["em"], (before, after)
     assert after["all"]["valid_rate"] >= 0.9, after
 

@@ -49,6 +49,9 @@ class TinyModelConfig:
     hidden_size: int = field(default=128, metadata={"help": "model width"})
     intermediate_size: int = field(default=384, metadata={"help": "MLP width"})
     num_layers: int = field(default=2, metadata={"help": "transformer blocks"})
+    # Four heads of 32 rather than two of 64: the demo's warm start then reads a found
+    # document better (answers 0.37 vs 0.21 of held-out questions right when handed the
+    # right search) at the same cost; four layers read worse in 600 SFT steps, at 2x the time.
     num_heads: int = field(default=4, metadata={"help": "attention heads"})
     num_kv_heads: int = field(default=4, metadata={"help": "key/value heads (GQA)"})
     max_position_embeddings: int = field(default=4096, metadata={"help": "longest sequence"})
