@@ -96,9 +96,7 @@ def trained_model(retriever: Retriever, qa: Sequence[tuple[str, str]], steps: in
     if (out / "config.json").exists():
         return out
     texts = [json.dumps(q) for q in qa]
-    config = TinyModelConfig(
-        vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=2
-    )
+    config = TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2)
     path = init_model(out.with_suffix(".tmp"), texts, config)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

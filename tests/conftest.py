@@ -54,7 +54,5 @@ def tiny_model_dir(tmp_path_factory):  # type: ignore[no-untyped-def]
         "<think> I need to search. </think> <search> Riverton founder </search>",
         "<answer> Alice Marlow </answer>",
     ] * 20
-    config = TinyModelConfig(
-        vocab_size=600, hidden_size=128, num_heads=2, num_kv_heads=2, init_std=0.5
-    )
+    config = TinyModelConfig(vocab_size=600, hidden_size=128, num_heads=2, init_std=0.5)
     return init_model(tmp_path_factory.mktemp("tiny") / "model", texts, config)

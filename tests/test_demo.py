@@ -27,7 +27,7 @@ def test_a_miniature_demo_runs_and_reuses_its_warm_start(tmp_path: Path) -> None
         rl_batch=2,
         group_size=2,
         eval_size=6,
-        model=TinyModelConfig(vocab_size=600, hidden_size=64, num_heads=1, num_kv_heads=1),
+        model=TinyModelConfig(vocab_size=600, hidden_size=64, num_heads=1),
     )
     lines: list[str] = []
     summary = run_demo(config, log=lines.append)

@@ -754,7 +754,7 @@ def init_model_cmd(
             intermediate_size=intermediate_size or 3 * hidden_size,
             num_layers=num_layers,
             num_heads=num_heads,
-            num_kv_heads=kv_heads or num_heads,
+            num_kv_heads=kv_heads,
             seed=seed,
         )
     except ValueError as exc:
