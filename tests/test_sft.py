@@ -80,3 +80,46 @@ def test_loss_is_the_mean_next_token_nll_of_the_said_tokens(tiny_model_dir: Path
     model.load_state_dict(state)
     loss = sft(model, [Trajectory(prompt, segments)], SFTConfig(steps=1, batch_size=1, warmup=1))
     assert loss[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_copy_pretraining_teaches_a_random_model_to_copy(tmp_path: Path) -> None:
+    from searchr1.models import TinyModelConfig, init_model
+    from searchr1.sft import CopyConfig, copy_pretrain
+
+    texts = ["Riverton was founded by Alice Marlow in 1820, who founded Riverton?"] * 20
+    config = TinyModelConfig(vocab_size=300, hidden_size=64, num_heads=2)
+    model, tok = load(init_model(tmp_path / "m", texts, config))
+    special = set(tok.all_special_ids)
+    pool = torch.tensor([i for i in range(len(tok)) if i not in special])
+    strings = pool[torch.randint(len(pool), (64, 6), generator=torch.Generator().manual_seed(9))]
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+
+    def copy_accuracy() -> float:
+        """Unseen random strings of 6 tokens: how many tokens of the copy it predicts."""
+        seq = torch.cat([strings, torch.full((64, 1), newline[0]), strings], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=seq).logits[:, 6:-1]
+        return (logits.argmax(-1) == strings).float().mean().item()
+
+    assert copy_accuracy() < 0.05  # chance: 1 in ~300
+    history = copy_pretrain(model, tok, CopyConfig(steps=300, batch_size=32, max_length=8))
+    assert len(history) == 300 and not model.training
+    # Measured: 0.40 after 300 steps (5 s on one core).
+    assert copy_accuracy() > 0.2
+    assert np.mean([loss for loss, _ in history[-20:]]) < 0.6 * history[0][0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"min_length": 0}, "min_length"),
+        ({"min_length": 9, "max_length": 8}, "min_length"),
+        ({"lr": 0.0}, "lr"),
+    ],
+)
+def test_copy_config_is_checked(kwargs: dict[str, float], message: str) -> None:
+    from searchr1.sft import CopyConfig
+
+    with pytest.raises(ValueError, match=message):
+        CopyConfig(**kwargs)  # type: ignore[arg-type]

@@ -24,8 +24,11 @@ from searchr1.data.toyworld import (
     WorldConfig,
     build_world,
     demonstrations,
+    name_drills,
+    read_world,
     write_world,
 )
+from searchr1.errors import InputError
 from searchr1.retrieval import Hit, Retriever
 from searchr1.rollout.prompt import format_documents, information
 from searchr1.sft import Demonstration
@@ -355,3 +358,86 @@ def test_init_model_command(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--overwrite" in again.output
     nothing = CliRunner().invoke(main, ["init-model", "--out", str(tmp_path / "m2")])
     assert nothing.exit_code == 2 and "--world" in nothing.output
+
+
+def test_name_drills_copy_names_made_of_vocabulary_words(bpe_world_tokenizer: object) -> None:
+    tok = bpe_world_tokenizer
+    drills = name_drills(tok, 200, seed=3)
+    assert len(drills) == 200 and drills == name_drills(tok, 200, seed=3)
+    assert drills != name_drills(tok, 200, seed=4)
+    questions = {r.question.split("{s}")[0] for r in RELATIONS.values()}
+    vocabulary = {t[1:] for t in tok.get_vocab() if t.startswith("\u0120")}  # type: ignore[attr-defined]
+    for drill in drills:
+        ((piece, generated),) = drill.pieces
+        assert generated and piece.startswith("<think>I remember that ")
+        name = piece.removeprefix("<think>I remember that ")
+        assert name in drill.question and any(drill.question.startswith(q) for q in questions)
+        words = name.split()
+        assert 1 <= len(words) <= 2 and all(w in vocabulary for w in words), name
+        # Template words never make a name ("Which", "Its"...); organisation kinds end one.
+        assert not {"Which", "What", "Who", "In", "Its", "Doc", "Title"} & set(words), name
+    assert {len(d.pieces[0][0].split()) for d in drills} == {4, 5}  # towns; people, orgs
+    assert name_drills(tok, 0) == []
+    with pytest.raises(ValueError, match="n must be"):
+        name_drills(tok, -1)
+
+
+@pytest.fixture(scope="module")
+def bpe_world_tokenizer(world: World) -> object:
+    pytest.importorskip("transformers")
+    from searchr1.models import train_tokenizer
+
+    return train_tokenizer(world.texts(), 2048)
+
+
+def test_read_world_rebuilds_the_written_world(world: World, tmp_path: Path) -> None:
+    write_world(world, tmp_path / "w")
+    again = read_world(tmp_path / "w")
+    assert again.config == world.config and again.corpus() == world.corpus()
+    assert again.questions("train") == world.questions("train")
+
+    with pytest.raises(InputError, match=r"world\.json: not found"):
+        read_world(tmp_path)
+    train = tmp_path / "w" / "train.jsonl"
+    train.write_text(train.read_text().replace("?", "!", 1))
+    with pytest.raises(InputError, match=r"train.jsonl:1: not the first question"):
+        read_world(tmp_path / "w")
+    (tmp_path / "w" / "world.json").write_text('{"config": {"seed": "x", "n_people": 1}}')
+    with pytest.raises(InputError, match="not a toy world's settings"):
+        read_world(tmp_path / "w")
+
+
+def test_sft_command(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    world_dir, model_dir, out = tmp_path / "w", tmp_path / "init", tmp_path / "sft"
+    small = ["--people", "20", "--towns", "6", "--orgs", "5"]
+    tiny = ["--vocab-size", "400", "--hidden-size", "64", "--heads", "2", "--copy-steps", "3"]
+    runner = CliRunner()
+    for args in (
+        ["world", "--out", str(world_dir), *small],
+        ["index", "--corpus", str(world_dir / "corpus.jsonl"), "--out", str(tmp_path / "i")],
+        ["init-model", "--out", str(model_dir), "--world", str(world_dir), *tiny],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert "pre-trained to copy" in result.stdout
+    args = ["sft", "--model", str(model_dir), "--world", str(world_dir), "--index"]
+    args += [str(tmp_path / "i"), "--out", str(out), "--steps", "3", "--drills", "5"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    questions = len(build_world(WorldConfig(n_people=20, n_towns=6, n_orgs=5)).split("train"))
+    said = re.search(
+        r"fine-tuned on (\d+) demonstrations \((\d+) searching\) and 5 drills", result.stdout
+    )
+    assert said is not None, result.stdout
+    assert int(said[1]) == questions and int(said[2]) == round(questions / 2)
+    before = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir))
+    after = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert not all(
+        (a == b).all() for a, b in zip(before.parameters(), after.parameters(), strict=True)
+    )
+    assert (out / "tokenizer.json").exists()
+    again = runner.invoke(main, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    missing = runner.invoke(main, [*args[:4], str(tmp_path), *args[5:], "--overwrite"])
+    assert missing.exit_code == 1 and "world.json: not found" in missing.output

@@ -17,19 +17,22 @@ entity's name finds everything there is to know about it. Questions are split in
 train and test by their subject entity: test questions ask about entities no training
 question asks about. :func:`demonstrations` writes imperfect warm-start trajectories
 (half search and answer right, half guess without searching) for supervised
-fine-tuning before RL.
+fine-tuning before RL, and :func:`name_drills` drills that teach a tiny model to write
+names it has never written.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from searchr1.errors import InputError
 from searchr1.rollout.loop import SearchBackend
 from searchr1.rollout.prompt import Passage, format_documents, information
 from searchr1.sft import Demonstration
@@ -46,6 +49,8 @@ __all__ = [
     "WorldConfig",
     "build_world",
     "demonstrations",
+    "name_drills",
+    "read_world",
     "write_world",
 ]
 
@@ -516,6 +521,35 @@ def write_world(world: World, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def read_world(world_dir: str | Path) -> World:
+    """The world that :func:`write_world` wrote into ``world_dir``, rebuilt from the
+    settings in its ``world.json`` (the same seed builds the same world)."""
+    path = Path(world_dir) / "world.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        settings = manifest["config"]
+        config = WorldConfig(**settings)
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: not found; is {world_dir} a toy world (`searchr1 world`)?"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not a toy world's settings ({exc})") from exc
+    world = build_world(config)
+    # The world is rebuilt, not read: check it is the one whose questions are there.
+    train = path.with_name("train.jsonl")
+    questions = world.questions("train")
+    if train.exists() and questions:
+        with train.open(encoding="utf-8") as f:
+            first = f.readline().strip()
+        if first != json.dumps(questions[0], ensure_ascii=False):
+            raise InputError(
+                f"{train}:1: not the first question of the world {path.name} describes "
+                "(edited, or written by another version of searchr1?)"
+            )
+    return world
+
+
 def _guess_candidates(world: World, answer_kind: str, relation: str) -> list[str]:
     if answer_kind in ("person", "town", "organisation"):
         return [e.name for e in world.of_kind(answer_kind)]
@@ -587,6 +621,53 @@ def demonstrations(
         _searching(q, observations[i]) if i in observations else _guessing(world, q, rng)
         for i, q in enumerate(questions)
     ]
+
+
+def name_drills(tokenizer: Any, n: int, seed: int = 0) -> list[Demonstration]:
+    """``n`` drills in copying a name from the question, for the warm start.
+
+    Each asks a question of a random relation about an invented name and is answered
+    by ``<think>I remember that NAME`` and no more (so no fact, and no end: train
+    them with ``to_trajectories(..., eos=False)``). Names are put together from the
+    tokenizer's own capitalised word tokens, the pieces of every name in the world,
+    so every name token is written in training, as the held-out entities' names must
+    be in searches. Tiny models fine-tuned on the demonstrations alone write a name
+    they trained on instead, with no word in common, in most searches for new ones.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    pieces = _name_pieces(tokenizer)
+    if n and not pieces:
+        raise ValueError("the tokenizer has no capitalised word tokens to make names of")
+    rng = random.Random(seed)
+    make = {
+        "person": lambda: f"{rng.choice(pieces)} {rng.choice(pieces)}",
+        "town": lambda: rng.choice(pieces),
+        "organisation": lambda: f"{rng.choice(pieces)} {rng.choice(_ORG_KINDS)}",
+    }
+    drills = []
+    for _ in range(n):
+        relation = RELATIONS[rng.choice(sorted(RELATIONS))]
+        name = make[relation.subject]()
+        drills.append(
+            Demonstration(
+                relation.question.format(s=name), [(f"<think>I remember that {name}", True)]
+            )
+        )
+    return drills
+
+
+def _name_pieces(tokenizer: Any) -> list[str]:
+    """The vocabulary's capitalised words of 3+ letters (byte-level BPE: "Ġ" is the
+    space before a word) that are not words of the templates or the prompt."""
+    from searchr1.models import PROTOCOL_TEXT
+
+    template_text = [*PROTOCOL_TEXT, *TWO_HOP.values(), *_ORG_KINDS, "It Its"]  # + passages
+    for relation in RELATIONS.values():
+        template_text += [relation.question, relation.wanted, relation.statement]
+    template_words = set(re.findall(r"[A-Z][a-z]+", " ".join(template_text)))
+    words = (re.fullmatch(r"\u0120([A-Z][a-z]{2,})", token) for token in tokenizer.get_vocab())
+    return sorted({w[1] for w in words if w} - template_words)
 
 
 def _query(hop: Hop) -> str:
