@@ -889,9 +889,9 @@ def sft_cmd(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from searchr1.data.toyworld import demonstrations, name_drills, read_world
+    from searchr1.data.toyworld import read_world, warm_start_trajectories
     from searchr1.retrieval import Retriever
-    from searchr1.sft import SFTConfig, progress_bar, sft, to_trajectories
+    from searchr1.sft import SFTConfig, progress_bar, sft
 
     if (out / "config.json").exists() and not overwrite:
         raise click.UsageError(f"{out} already holds a model; pass --overwrite to replace it")
@@ -900,9 +900,9 @@ def sft_cmd(
         retriever = Retriever.open(index_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-        demos = demonstrations(world, "train", retriever, search_fraction, seed=seed, top_k=topk)
-        trajectories = to_trajectories(tokenizer, demos)
-        trajectories += to_trajectories(tokenizer, name_drills(tokenizer, drills, seed), eos=False)
+        trajectories = warm_start_trajectories(
+            world, retriever, tokenizer, search_fraction, drills, seed=seed, top_k=topk
+        )
         losses = sft(
             model,
             trajectories,
@@ -912,10 +912,11 @@ def sft_cmd(
         )
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    searching = sum(len(d.pieces) > 1 for d in demos)
+    # Searching demonstrations are those with an observation; drills have none.
+    searching = sum(any(not seg.generated for seg in t.segments) for t in trajectories)
     click.echo(
-        f"fine-tuned on {len(demos)} demonstrations ({searching} searching) and {drills} "
-        f"drills, loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {out}"
+        f"fine-tuned on {len(trajectories) - drills} demonstrations ({searching} searching) "
+        f"and {drills} drills, loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {out}"
     )
 
 

@@ -201,16 +201,9 @@ def _warm_start(
     demonstrations and name-copying drills."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from searchr1.data.toyworld import demonstrations, name_drills
+    from searchr1.data.toyworld import warm_start_trajectories
     from searchr1.models import init_model
-    from searchr1.sft import (
-        CopyConfig,
-        SFTConfig,
-        copy_pretrain,
-        progress_bar,
-        sft,
-        to_trajectories,
-    )
+    from searchr1.sft import CopyConfig, SFTConfig, copy_pretrain, progress_bar, sft
 
     done = _stage(log, "tiny model")
     init_dir = init_model(out / "init-model", world.texts(), config.model)
@@ -232,16 +225,15 @@ def _warm_start(
         done()
 
     done = _stage(log, f"warm start: SFT, {config.sft_steps} steps")
-    demos = demonstrations(
+    trajectories = warm_start_trajectories(
         world,
-        "train",
         retriever,
+        tok,
         search_fraction=config.search_fraction,
+        drills=config.drills,
         seed=config.seed,
         top_k=config.topk,
     )
-    trajectories = to_trajectories(tok, demos)
-    trajectories += to_trajectories(tok, name_drills(tok, config.drills, config.seed), eos=False)
     losses = sft(
         model,
         trajectories,

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from searchr1.errors import InputError
+from searchr1.packing import Trajectory
 from searchr1.rollout.loop import SearchBackend
 from searchr1.rollout.prompt import Passage, format_documents, information
-from searchr1.sft import Demonstration
+from searchr1.sft import Demonstration, to_trajectories
 
 __all__ = [
     "OCCUPATIONS",
@@ -51,6 +52,7 @@ __all__ = [
     "demonstrations",
     "name_drills",
     "read_world",
+    "warm_start_trajectories",
     "write_world",
 ]
 
@@ -655,6 +657,24 @@ def name_drills(tokenizer: Any, n: int, seed: int = 0) -> list[Demonstration]:
             )
         )
     return drills
+
+
+def warm_start_trajectories(
+    world: World,
+    retriever: SearchBackend,
+    tokenizer: Any,
+    search_fraction: float = 0.5,
+    drills: int = 1000,
+    seed: int = 0,
+    top_k: int = 1,
+) -> list[Trajectory]:
+    """The warm start's SFT data (the demo's and ``searchr1 sft``'s): one of
+    :func:`demonstrations` per training question, then ``drills`` :func:`name_drills`."""
+    demos = demonstrations(world, "train", retriever, search_fraction, seed=seed, top_k=top_k)
+    trajectories = to_trajectories(tokenizer, demos)
+    return trajectories + to_trajectories(
+        tokenizer, name_drills(tokenizer, drills, seed), eos=False
+    )
 
 
 def _name_pieces(tokenizer: Any) -> list[str]:
