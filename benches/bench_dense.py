@@ -11,12 +11,13 @@ i8 with a scale per row, `searchr1 index --dtype i8`; faiss: IndexScalarQuantize
 QT_8bit, trained on the vectors), with the recall@10 of each against the f32 top-10.
 
 HNSW: searchr1's usearch graph vs faiss IndexHNSWFlat, both inner product, M = 16,
-efConstruction = 128, built on 2 threads; efSearch is raised from 16 until recall@10
-against the exact top-10 reaches 0.95, and queries/s are compared at recall 0.95
-(interpolated between the two efSearch values around it, on each side). Ours twice:
-an f32 graph, and an i8 graph whose efSearch candidates are re-scored exactly against
-the stored f32 vectors (what `searchr1 index --hnsw` builds); faiss's
-graph is f32.
+built on 2 threads, at efConstruction 128 and again at 256 (each side at the same
+value); efSearch is raised from 8 until recall@10 against the exact top-10 reaches
+0.95, and queries/s are compared at recall 0.95 (interpolated between the two efSearch
+values around it, on each side). Ours is the i8 graph whose efSearch candidates are
+re-scored exactly against the stored f32 vectors (what `searchr1 index --hnsw`
+builds); faiss's graph is f32. `--f32-graph` adds our f32 graph at the first
+efConstruction.
 
 Also: the open time of a 1,000,000-vector index in a fresh process.
 """
@@ -103,7 +104,7 @@ def measure_exact(
     return {"qps": queries / elapsed, "ids": top, "rss_mb": peak_rss_mb()}
 
 
-EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
+EF_SEARCH = (8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
 
 
 def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
@@ -113,7 +114,14 @@ def recall_at(found: list[list[int]], truth: np.ndarray) -> float:
 
 
 def measure_hnsw(
-    name: str, n: int, dim: int, queries: int, k: int, threads: int, dtype: str = "f32"
+    name: str,
+    n: int,
+    dim: int,
+    queries: int,
+    k: int,
+    threads: int,
+    dtype: str = "f32",
+    ef_construction: int = 128,
 ) -> dict[str, object]:
     """Build time, then (efSearch, recall, queries/s) up to the first recall >= 0.95."""
     base = vectors(n, dim, 0)
@@ -125,7 +133,7 @@ def measure_hnsw(
 
         faiss.omp_set_num_threads(threads)
         index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 128
+        index.hnsw.efConstruction = ef_construction
         start = time.perf_counter()
         index.add(base)
         build = time.perf_counter() - start
@@ -146,7 +154,9 @@ def measure_hnsw(
             write_index(out, base)
             del base
             start = time.perf_counter()
-            _core.add_hnsw(out, dtype=dtype, connectivity=16, expansion_add=128, threads=threads)
+            _core.add_hnsw(
+                out, dtype=dtype, connectivity=16, expansion_add=ef_construction, threads=threads
+            )
             build = time.perf_counter() - start
             index = _core.Index(out)
             for ef in EF_SEARCH:
@@ -189,6 +199,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--open-vectors", type=int, default=1_000_000)
     ap.add_argument("--hnsw-vectors", type=int, default=200_000)
+    ap.add_argument(
+        "--ef-construction",
+        type=int,
+        nargs="+",
+        default=[128, 256],
+        help="efConstruction values, each built by both sides",
+    )
+    ap.add_argument("--f32-graph", action="store_true", help="also our f32 HNSW graph")
     ap.add_argument("--side", choices=["ours", "faiss"], help=argparse.SUPPRESS)
     ap.add_argument("--hnsw", action="store_true", help=argparse.SUPPRESS)
     # What the measured side stores: the flat vectors, or with --hnsw the graph's.
@@ -196,9 +214,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
 
     if args.side:
-        run = measure_hnsw if args.hnsw else measure_exact
-        n = args.hnsw_vectors if args.hnsw else args.vectors
-        r = run(args.side, n, args.dim, args.queries, args.k, args.threads, args.dtype)
+        if args.hnsw:
+            r = measure_hnsw(
+                args.side,
+                args.hnsw_vectors,
+                args.dim,
+                args.queries,
+                args.k,
+                args.threads,
+                args.dtype,
+                args.ef_construction[0],
+            )
+        else:
+            r = measure_exact(
+                args.side, args.vectors, args.dim, args.queries, args.k, args.threads, args.dtype
+            )
         print(json.dumps(r))
         return {}
 
@@ -226,12 +256,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return recall_at(found, np.array(peer["ids"]))  # type: ignore[arg-type]
 
     opened = open_time(args.open_vectors, args.dim)
-    h_ours, h_peer = side("ours", "--hnsw"), side("faiss", "--hnsw")
-    h_i8 = side("ours", "--hnsw", "--dtype", "i8")
 
-    def at_target(curve: list[list[float]]) -> tuple[int, float, float]:
+    def hnsw(name: str, efc: int, dtype: str) -> dict[str, object]:
+        return side(name, "--hnsw", "--dtype", dtype, "--ef-construction", str(efc))
+
+    graphs = [
+        (efc, hnsw("ours", efc, "i8"), hnsw("faiss", efc, "f32")) for efc in args.ef_construction
+    ]
+    f32_graph = hnsw("ours", args.ef_construction[0], "f32") if args.f32_graph else None
+
+    def at_target(curve: list[list[float]]) -> str:
+        """The first efSearch at recall >= 0.95: "efSearch, recall, q/s"."""
         ef, recall, qps = curve[-1]
-        return int(ef), recall, qps
+        return f"{int(ef)}, {recall:.3f}, {qps:.0f}"
 
     def at_recall(curve: list[list[float]], target: float = 0.95) -> float:
         """Queries/s at exactly ``target`` recall, interpolated between the efSearch
@@ -241,10 +278,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (_, r1, q1), (_, r2, q2) = curve[-2], curve[-1]
         return q1 + (target - r1) / (r2 - r1) * (q2 - q1)
 
-    o_ef, o_rec, o_hqps = at_target(h_ours["curve"])  # type: ignore[arg-type]
-    i_ef, i_rec, i_hqps = at_target(h_i8["curve"])  # type: ignore[arg-type]
-    p_ef, p_rec, p_hqps = at_target(h_peer["curve"])  # type: ignore[arg-type]
-    o_95, i_95, p_95 = (at_recall(h["curve"]) for h in (h_ours, h_i8, h_peer))  # type: ignore[arg-type]
     o_qps, p_qps = float(ours["qps"]), float(peer["qps"])  # type: ignore[arg-type]
     report(
         f"dense exact: {args.vectors} x {args.dim} f32, {args.queries} queries, "
@@ -263,19 +296,40 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             (f"open, {args.open_vectors} x {args.dim} f16", f"{opened * 1e3:8.1f} ms"),
         ],
     )
-    builds = f"{h_ours['build_s']:.1f} s / {h_i8['build_s']:.1f} s / {h_peer['build_s']:.1f} s"
+    rows: list[tuple[str, str]] = []
+    hnsw_results: dict[str, float] = {}
+    for efc, ours_g, faiss_g in graphs:
+        o_95, p_95 = at_recall(ours_g["curve"]), at_recall(faiss_g["curve"])  # type: ignore[arg-type]
+        rows += [
+            (
+                f"efC {efc}: build, searchr1 i8 / faiss",
+                f"{ours_g['build_s']:.1f} s / {faiss_g['build_s']:.1f} s",
+            ),
+            (f"efC {efc}: searchr1 i8+exact: efSearch, recall, q/s", at_target(ours_g["curve"])),  # type: ignore[arg-type]
+            (f"efC {efc}: faiss f32:    efSearch, recall, q/s", at_target(faiss_g["curve"])),  # type: ignore[arg-type]
+            (f"efC {efc}: q/s at recall 0.95, searchr1 / faiss", f"{o_95:.0f} / {p_95:.0f}"),
+            (f"efC {efc}: speed-up at recall 0.95", f"{o_95 / p_95:8.2f}x"),
+        ]
+        hnsw_results |= {
+            f"hnsw{efc}_build_s": float(ours_g["build_s"]),  # type: ignore[arg-type]
+            f"faiss_hnsw{efc}_build_s": float(faiss_g["build_s"]),  # type: ignore[arg-type]
+            f"hnsw{efc}_qps_at_95": o_95,
+            f"faiss_hnsw{efc}_qps_at_95": p_95,
+            f"hnsw{efc}_ratio": o_95 / p_95,
+        }
+    if f32_graph is not None:
+        f_95 = at_recall(f32_graph["curve"])  # type: ignore[arg-type]
+        p_95 = hnsw_results[f"faiss_hnsw{args.ef_construction[0]}_qps_at_95"]
+        rows += [
+            ("f32 graph: build", f"{f32_graph['build_s']:.1f} s"),
+            ("f32 graph: efSearch, recall, q/s", at_target(f32_graph["curve"])),  # type: ignore[arg-type]
+            ("f32 graph: speed-up at recall 0.95", f"{f_95 / p_95:8.2f}x"),
+        ]
+        hnsw_results["hnsw_f32_ratio"] = f_95 / p_95
     report(
-        f"HNSW: {args.hnsw_vectors} x {args.dim}, M 16, efConstruction 128, "
-        f"{args.threads} threads, at recall@{args.k} >= 0.95",
-        [
-            ("build, searchr1 f32 / i8 / faiss", builds),
-            ("searchr1 f32: efSearch, recall, q/s", f"{o_ef}, {o_rec:.3f}, {o_hqps:.0f}"),
-            ("searchr1 i8+exact: efSearch, recall, q/s", f"{i_ef}, {i_rec:.3f}, {i_hqps:.0f}"),
-            ("faiss f32:    efSearch, recall, q/s", f"{p_ef}, {p_rec:.3f}, {p_hqps:.0f}"),
-            ("q/s at recall 0.95: f32 / i8 / faiss", f"{o_95:.0f} / {i_95:.0f} / {p_95:.0f}"),
-            ("speed-up at recall 0.95, f32 graph", f"{o_95 / p_95:8.2f}x"),
-            ("speed-up at recall 0.95, i8 graph", f"{i_95 / p_95:8.2f}x"),
-        ],
+        f"HNSW: {args.hnsw_vectors} x {args.dim}, M 16, {args.threads} threads, "
+        f"at recall@{args.k} >= 0.95",
+        rows,
     )
     return {
         "qps": o_qps,
@@ -287,14 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "i8_recall": recall(ours8["ids"]),
         "faiss_sq8_recall": recall(peer8["ids"]),
         "open_s": opened,
-        "hnsw_qps": o_hqps,
-        "hnsw_recall": o_rec,
-        "faiss_hnsw_qps": p_hqps,
-        "faiss_hnsw_recall": p_rec,
-        "hnsw_ratio": o_95 / p_95,
-        "hnsw_i8_qps": i_hqps,
-        "hnsw_i8_recall": i_rec,
-        "hnsw_i8_ratio": i_95 / p_95,
+        **hnsw_results,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,11 +103,15 @@ def test_copy_pretraining_teaches_a_random_model_to_copy(tmp_path: Path) -> None
         return (logits.argmax(-1) == strings).float().mean().item()
 
     assert copy_accuracy() < 0.05  # chance: 1 in ~300
-    history = copy_pretrain(model, tok, CopyConfig(steps=300, batch_size=32, max_length=8))
+    config = CopyConfig(steps=300, batch_size=32, max_length=8, lr=3e-3, stop_accuracy=2.0)
+    history = copy_pretrain(model, tok, config)
     assert len(history) == 300 and not model.training
     # Measured: 0.40 after 300 steps (5 s on one core).
     assert copy_accuracy() > 0.2
     assert np.mean([loss for loss, _ in history[-20:]]) < 0.6 * history[0][0]
+    # A model that copies stops as soon as 20 steps average the stop accuracy.
+    again = copy_pretrain(model, tok, replace(config, stop_accuracy=0.2, seed=1))
+    assert len(again) == 20 and np.mean([a for _, a in again]) >= 0.2
 
 
 @pytest.mark.parametrize(
@@ -116,6 +121,7 @@ def test_copy_pretraining_teaches_a_random_model_to_copy(tmp_path: Path) -> None
         ({"min_length": 0}, "min_length"),
         ({"min_length": 9, "max_length": 8}, "min_length"),
         ({"lr": 0.0}, "lr"),
+        ({"stop_accuracy": 0.0}, "stop_accuracy"),
     ],
 )
 def test_copy_config_is_checked(kwargs: dict[str, float], message: str) -> None:

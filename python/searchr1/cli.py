@@ -457,7 +457,8 @@ def infer_cmd(question: str, **options: Any) -> None:
 @click.option(
     "--copy-steps",
     type=click.IntRange(0),
-    help="Copy pre-training steps before the warm start (0: none) [default: 800].",
+    help="Copy pre-training steps at most before the warm start; it stops once the model "
+    "copies (0: none) [default: 1200].",
 )
 @click.option("--sft-steps", type=click.IntRange(1), help="Warm-start steps [default: 600].")
 @click.option(
@@ -482,7 +483,7 @@ def demo_cmd(
     rl_steps: int | None,
     two_hop: float | None,
 ) -> None:
-    """Run the embedded default end to end on the CPU (17-20 minutes on 2 cores).
+    """Run the embedded default end to end on the CPU (16-19 minutes on 2 cores).
 
     Builds a toy world whose answers only search can find, indexes it, makes a tiny
     Qwen2 model, pre-trains it to copy random token strings, warm-starts it by SFT on
@@ -747,8 +748,9 @@ def _texts_of(path: Path) -> Iterator[str]:
     type=click.IntRange(0),
     default=0,
     show_default=True,
-    help="Then pre-train it this many steps to copy random token strings "
-    "(the demo does 800: fine-tuning then generalises to names it never wrote).",
+    help="Then pre-train it up to this many steps to copy random token strings, stopping "
+    "once it copies (the demo allows 1200: fine-tuning then generalises to names it never "
+    "wrote).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a model already saved in --out.")
 def init_model_cmd(
@@ -821,7 +823,7 @@ def init_model_cmd(
             on_step=progress_bar(copy_steps, "copy", "accuracy"),
         )
         model.save_pretrained(out)
-        what += f" pre-trained to copy (accuracy {history[-1][1]:.2f})"
+        what += f" pre-trained to copy ({len(history)} steps, accuracy {history[-1][1]:.2f})"
     click.echo(
         f"saved a {what} with {model.num_parameters():,} parameters "
         f"(vocabulary {model.config.vocab_size}) to {out}"
@@ -883,7 +885,7 @@ def sft_cmd(
 
     \b
     Example:
-      searchr1 init-model --world runs/toy/world --out runs/toy/init-model --copy-steps 800
+      searchr1 init-model --world runs/toy/world --out runs/toy/init-model --copy-steps 1200
       searchr1 sft --model runs/toy/init-model --world runs/toy/world \\
           --index runs/toy/index --out runs/toy/sft-model
     """

@@ -35,7 +35,11 @@ class DemoConfig:
     orgs: int = field(default=100, metadata={"help": "organisations in the world"})
     two_hop_fraction: float = field(default=0.0, metadata={"help": "share of 2-hop questions"})
     copy_steps: int = field(
-        default=800, metadata={"help": "copy pre-training steps before SFT (0: none)"}
+        default=1200,
+        metadata={
+            "help": "copy pre-training steps before SFT at most; it stops once the model "
+            "copies (0: none)"
+        },
     )
     sft_steps: int = field(default=600, metadata={"help": "warm-start (SFT) steps"})
     sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate"})
@@ -214,14 +218,14 @@ def _warm_start(
     done()
 
     if config.copy_steps:
-        done = _stage(log, f"copy pre-training, {config.copy_steps} steps")
+        done = _stage(log, f"copy pre-training, up to {config.copy_steps} steps")
         history = copy_pretrain(
             model,
             tok,
             CopyConfig(steps=config.copy_steps, seed=config.seed),
             on_step=progress_bar(config.copy_steps, "copy", "accuracy"),
         )
-        log(f"   copy accuracy {history[0][1]:.2f} -> {history[-1][1]:.2f}")
+        log(f"   {len(history)} steps; copy accuracy {history[0][1]:.2f} -> {history[-1][1]:.2f}")
         done()
 
     done = _stage(log, f"warm start: SFT, {config.sft_steps} steps")
