@@ -129,3 +129,17 @@ def test_copy_config_is_checked(kwargs: dict[str, float], message: str) -> None:
 
     with pytest.raises(ValueError, match=message):
         CopyConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_progress_bar_is_closed_when_training_stops_early(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from searchr1.sft import progress_bar
+
+    with pytest.raises(RuntimeError), progress_bar(5, "copy", "accuracy") as on_step:
+        on_step(0, 1.0, 0.25)
+        on_step(1, 0.5, 0.75)
+        raise RuntimeError("stopped")
+    err = capsys.readouterr().err
+    assert "copy" in err and "2/5" in err and "accuracy=0.750" in err
+    assert err.endswith("\n")  # closed: the bar's line is finished

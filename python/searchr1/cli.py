@@ -816,12 +816,13 @@ def init_model_cmd(
 
         from searchr1.sft import CopyConfig, copy_pretrain, progress_bar
 
-        history = copy_pretrain(
-            model,
-            AutoTokenizer.from_pretrained(out),
-            CopyConfig(steps=copy_steps, seed=seed),
-            on_step=progress_bar(copy_steps, "copy", "accuracy"),
-        )
+        with progress_bar(copy_steps, "copy", "accuracy") as on_step:
+            history = copy_pretrain(
+                model,
+                AutoTokenizer.from_pretrained(out),
+                CopyConfig(steps=copy_steps, seed=seed),
+                on_step=on_step,
+            )
         model.save_pretrained(out)
         what += f" pre-trained to copy ({len(history)} steps, accuracy {history[-1][1]:.2f})"
     click.echo(
@@ -905,13 +906,14 @@ def sft_cmd(
         trajectories = warm_start_trajectories(
             world, retriever, tokenizer, search_fraction, drills, seed=seed, top_k=topk
         )
-        losses = sft(
-            model,
-            trajectories,
-            SFTConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
-            pad_id=int(tokenizer.pad_token_id),
-            on_step=progress_bar(steps, "sft", "loss"),
-        )
+        with progress_bar(steps, "sft", "loss") as on_step:
+            losses = sft(
+                model,
+                trajectories,
+                SFTConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
+                pad_id=int(tokenizer.pad_token_id),
+                on_step=on_step,
+            )
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     # Searching demonstrations are those with an observation; drills have none.

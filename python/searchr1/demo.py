@@ -219,12 +219,10 @@ def _warm_start(
 
     if config.copy_steps:
         done = _stage(log, f"copy pre-training, up to {config.copy_steps} steps")
-        history = copy_pretrain(
-            model,
-            tok,
-            CopyConfig(steps=config.copy_steps, seed=config.seed),
-            on_step=progress_bar(config.copy_steps, "copy", "accuracy"),
-        )
+        with progress_bar(config.copy_steps, "copy", "accuracy") as on_step:
+            history = copy_pretrain(
+                model, tok, CopyConfig(steps=config.copy_steps, seed=config.seed), on_step=on_step
+            )
         log(f"   {len(history)} steps; copy accuracy {history[0][1]:.2f} -> {history[-1][1]:.2f}")
         done()
 
@@ -238,13 +236,14 @@ def _warm_start(
         seed=config.seed,
         top_k=config.topk,
     )
-    losses = sft(
-        model,
-        trajectories,
-        SFTConfig(steps=config.sft_steps, lr=config.sft_lr, seed=config.seed),
-        pad_id=int(tok.pad_token_id),
-        on_step=progress_bar(config.sft_steps, "sft", "loss"),
-    )
+    with progress_bar(config.sft_steps, "sft", "loss") as on_step:
+        losses = sft(
+            model,
+            trajectories,
+            SFTConfig(steps=config.sft_steps, lr=config.sft_lr, seed=config.seed),
+            pad_id=int(tok.pad_token_id),
+            on_step=on_step,
+        )
     log(f"   loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     done()
     return tok, model

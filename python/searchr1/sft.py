@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,17 +267,18 @@ def _optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def progress_bar(total: int, desc: str, what: str) -> Callable[..., None]:
-    """An ``on_step(step, *values)`` for :func:`sft` or :func:`copy_pretrain` that draws a
-    progress bar of ``total`` steps showing the last value as ``what``."""
+@contextmanager
+def progress_bar(total: int, desc: str, what: str) -> Iterator[Callable[..., None]]:
+    """``with progress_bar(total, desc, what) as on_step``: an ``on_step(step, *values)``
+    for :func:`sft` or :func:`copy_pretrain` that draws a progress bar of ``total`` steps
+    showing the last value as ``what``; the bar is closed on leaving the block, also
+    when training stops early or fails."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc)
+    with tqdm(total=total, desc=desc) as bar:
 
-    def on_step(step: int, *values: float) -> None:
-        bar.update(1)
-        bar.set_postfix({what: f"{values[-1]:.3f}"})
-        if step + 1 == total:
-            bar.close()
+        def on_step(step: int, *values: float) -> None:
+            bar.update(1)
+            bar.set_postfix({what: f"{values[-1]:.3f}"})
 
-    return on_step
+        yield on_step
