@@ -111,6 +111,12 @@ def test_search_r1_nested_fields_alone_are_enough(tmp_path: Path) -> None:
         "golden_answers": ["Lima"],
         "data_source": "fallback",
     }
+    # load_qa reads such rows as they are; a row without an id is named by its place.
+    src = write_jsonl(tmp_path / "searchr1.jsonl", [nested, text_prompt])
+    assert [(q.id, q.question, q.golden_answers, q.data_source) for q in load_qa(src)] == [
+        ("train_7", "who wrote dune?", ("Frank Herbert", "Herbert"), "nq"),
+        (f"{src}:2", "capital of peru?", ("Lima",), "searchr1"),
+    ]
 
 
 def test_answers_are_cleaned(tmp_path: Path) -> None:
@@ -194,6 +200,8 @@ def test_a_bad_row_names_file_and_line_and_writes_nothing(
     with pytest.raises(InputError, match=f"^{src}:3: .*{problem}"):
         prepare(src, out)
     assert out.read_text() == "old contents\n"
+    with pytest.raises(InputError, match=f"^{src}:3: .*{problem}"):
+        load_qa(src)  # eval reads rows the same way
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "out.jsonl"]
 
 

@@ -1,8 +1,10 @@
 """Question-answer files: JSONL rows ``{"id", "question", "golden_answers"}``.
 
 This is FlashRAG's and Search-R1's row format; ``data_source`` (the dataset's name,
-for per-source metrics) is optional and defaults to the file's stem. A row that is not
-valid stops loading with the file, the line and what was wrong.
+for per-source metrics) is optional and defaults to the file's stem. Rows are read as
+``searchr1 prepare`` reads them, so Search-R1's own columns (``prompt``,
+``reward_model``, ``extra_info``) work too. A row that is not valid stops loading with
+the file, the line and what was wrong.
 """
 
 from __future__ import annotations
@@ -42,19 +44,13 @@ def load_qa(paths: str | Path | Iterable[str | Path]) -> list[QAExample]:
 
 
 def _row(line: str, where: str, default_source: str) -> QAExample:
+    """One line as a :class:`QAExample`: any row :func:`~searchr1.data.prepare.convert_row`
+    reads (so Search-R1's own files too); without an id, the row's place is its id."""
+    from searchr1.data.prepare import convert_row
+
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON: {exc.msg}") from exc
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise InputError(f"{where}: 'question' must be a non-empty string")
-    golds = row.get("golden_answers", row.get("answer"))
-    if isinstance(golds, str):
-        golds = [golds]
-    if not isinstance(golds, list) or not golds or not all(isinstance(g, str) for g in golds):
-        raise InputError(f"{where}: 'golden_answers' must be a string or a list of strings")
-    source = row.get("data_source", default_source)
-    return QAExample(str(row.get("id", where)), question, tuple(golds), str(source))
+    r = convert_row(row, where, default_source)
+    return QAExample(r["id"] or where, r["question"], tuple(r["golden_answers"]), r["data_source"])
