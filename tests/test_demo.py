@@ -53,7 +53,8 @@ def test_a_miniature_demo_runs_and_reuses_its_warm_start(tmp_path: Path) -> None
     lines.clear()
     run_demo(config, log=lines.append)
     assert any("reusing" in line for line in lines)
-    for change in ({"sft_steps": 4}, {"drills": 5}, {"copy_steps": 0}):
+    changes = ({"sft_steps": 4}, {"drills": 5}, {"reading_worlds": 0}, {"copy_steps": 0})
+    for change in changes:
         lines.clear()
         run_demo(replace(config, **change), log=lines.append)  # type: ignore[arg-type]
         assert not any("reusing" in line for line in lines), change
@@ -108,12 +109,14 @@ def test_demo_command_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(searchr1.demo, "run_demo", lambda config, log: seen.append(config))
     runner = CliRunner()
     args = ["demo", "--out", "x", "--seed", "3", "--copy-steps", "0", "--drills", "7"]
-    result = runner.invoke(main, [*args, "--rl-steps", "5", "--two-hop", "0.5"])
+    args += ["--reading-worlds", "2", "--rl-steps", "5", "--two-hop", "0.5"]
+    result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert seen[-1] == replace(
         DemoConfig(out="x", seed=3),
         copy_steps=0,
         drills=7,
+        reading_worlds=2,
         rl_steps=5,
         two_hop_fraction=0.5,
     )

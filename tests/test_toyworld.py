@@ -6,7 +6,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from searchr1.data.toyworld import (
     demonstrations,
     name_drills,
     read_world,
+    reading_demonstrations,
     write_world,
 )
 from searchr1.errors import InputError
@@ -279,6 +280,35 @@ def test_search_fraction_and_seed(world: World, retriever: Retriever) -> None:
         demonstrations(world, "test", retriever, search_fraction=2.0)
 
 
+def test_reading_demonstrations_come_from_other_worlds(world: World) -> None:
+    names = {e.name for e in world.entities}
+    demos = reading_demonstrations(world, 1, search_fraction=0.5, seed=2)
+    assert demos == reading_demonstrations(world, 1, search_fraction=0.5, seed=2)
+    # All questions of one other world of the same shape, but those naming this one's.
+    assert 0.9 * len(world.all_questions) <= len(demos) <= len(world.all_questions)
+    assert not {d.question for d in demos} & {q.question for q in world.all_questions}
+    searching = [d for d in demos if observations(d)]
+    assert abs(len(searching) / len(demos) - 0.5) < 0.05
+    for demo in searching:
+        # What a search found there is a passage of the other world, not of this one.
+        titles = re.findall(r'\(Title: "([^"]+)"\)', "".join(observations(demo)))
+        assert titles and not names & set(titles)
+    two = reading_demonstrations(world, 2, search_fraction=0.5, seed=2)
+    assert two[: len(demos)] == demos and len(two) > 1.8 * len(demos)
+    assert reading_demonstrations(world, 0) == []
+    with pytest.raises(ValueError, match="n_worlds"):
+        reading_demonstrations(world, -1)
+
+
+def test_reading_demonstrations_leave_out_questions_about_the_world() -> None:
+    config = WorldConfig(seed=4, n_people=20, n_towns=6, n_orgs=5)
+    assert reading_demonstrations(build_world(config), 1)
+    # A world whose entities are those of the other world it would read: every
+    # question names one of them, so none is left.
+    other = build_world(replace(config, seed=4 + 1_000_003))
+    assert reading_demonstrations(World(config, other.entities, ()), 1) == []
+
+
 class NameOnly:
     """A retriever that finds a passage only when the query is exactly its title."""
 
@@ -425,12 +455,17 @@ def test_sft_command(tmp_path: Path) -> None:
     args += [str(tmp_path / "i"), "--out", str(out), "--steps", "3", "--drills", "5"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    questions = len(build_world(WorldConfig(n_people=20, n_towns=6, n_orgs=5)).split("train"))
+    small_world = build_world(WorldConfig(n_people=20, n_towns=6, n_orgs=5))
+    questions = len(small_world.split("train"))
+    other = reading_demonstrations(small_world, 1)  # --reading-worlds' default
     said = re.search(
-        r"fine-tuned on (\d+) demonstrations \((\d+) searching\) and 5 drills", result.stdout
+        r"fine-tuned on (\d+) demonstrations \((\d+) searching\) of this world and 1 "
+        r"other\(s\), and 5 drills",
+        result.stdout,
     )
     assert said is not None, result.stdout
-    assert int(said[1]) == questions and int(said[2]) == round(questions / 2)
+    assert int(said[1]) == questions + len(other) > questions
+    assert int(said[2]) == round(questions / 2) + sum(bool(observations(d)) for d in other)
     before = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir))
     after = transformers.AutoModelForCausalLM.from_pretrained(str(out))
     assert not all(

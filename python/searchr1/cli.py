@@ -451,8 +451,8 @@ def infer_cmd(question: str, **options: Any) -> None:
 @click.option(
     "--quick",
     is_flag=True,
-    help="A shortened run (about 2.5 min): 100 entities, no copy pre-training or drills, "
-    "300 SFT and 16 GRPO steps; RL raises the search rate, not yet EM.",
+    help="A shortened run (about 2.5 min): 100 entities, no copy pre-training, drills or "
+    "reading worlds, 300 SFT and 16 GRPO steps; RL raises the search rate, not yet EM.",
 )
 @click.option(
     "--copy-steps",
@@ -465,6 +465,12 @@ def infer_cmd(question: str, **options: Any) -> None:
     "--drills",
     type=click.IntRange(0),
     help="Name-copying drills added to the warm start's demonstrations [default: 1000].",
+)
+@click.option(
+    "--reading-worlds",
+    type=click.IntRange(0),
+    help="Other toy worlds whose demonstrations join the warm start's, so that the model "
+    "learns to read what it finds rather than this world's facts [default: 1].",
 )
 @click.option("--rl-steps", type=click.IntRange(1), help="GRPO steps [default: 120].")
 @click.option(
@@ -480,14 +486,16 @@ def demo_cmd(
     copy_steps: int | None,
     sft_steps: int | None,
     drills: int | None,
+    reading_worlds: int | None,
     rl_steps: int | None,
     two_hop: float | None,
 ) -> None:
-    """Run the embedded default end to end on the CPU (16-19 minutes on 2 cores).
+    """Run the embedded default end to end on the CPU (about 16 minutes on 2 cores).
 
     Builds a toy world whose answers only search can find, indexes it, makes a tiny
     Qwen2 model, pre-trains it to copy random token strings, warm-starts it by SFT on
-    demonstrations of which only half search (plus drills in writing new names), then
+    demonstrations of which only half search (this world's and another's, plus drills
+    in writing new names), then
     trains it with GRPO, and prints the before/after table (EM, search rate, turns,
     valid actions) on held-out questions, with a plot of the training curves.
     Everything lands in --out; a re-run with the same settings reuses the warm start.
@@ -504,6 +512,7 @@ def demo_cmd(
         "copy_steps": copy_steps,
         "sft_steps": sft_steps,
         "drills": drills,
+        "reading_worlds": reading_worlds,
         "rl_steps": rl_steps,
         "two_hop_fraction": two_hop,
     }
@@ -854,6 +863,7 @@ def init_model_cmd(
 @_sft_option("batch_size", "--batch-size", type=click.IntRange(1))
 @_demo_option("search_fraction", "--search-fraction", type=click.FloatRange(0, 1))
 @_demo_option("drills", "--drills", type=click.IntRange(0))
+@_demo_option("reading_worlds", "--reading-worlds", type=click.IntRange(0))
 @_demo_option("topk", "--topk", type=click.IntRange(1))
 @_demo_option(
     "seed",
@@ -872,6 +882,7 @@ def sft_cmd(
     batch_size: int,
     search_fraction: float,
     drills: int,
+    reading_worlds: int,
     topk: int,
     seed: int,
     overwrite: bool,
@@ -881,7 +892,9 @@ def sft_cmd(
     One demonstration per training question: a --search-fraction of them think,
     search, read what the index returns and answer right; the rest answer at once
     with a wrong guess, so that RL has something to fix. --drills more teach the
-    model to write new names ("<think>I remember that NAME"). The loss is on the
+    model to write new names ("<think>I remember that NAME"), and the demonstrations
+    of --reading-worlds other worlds (of the same shape, never seen again) teach it to
+    read what it finds rather than learn this world's facts. The loss is on the
     model's own tokens only: retrieved documents are masked, as in RL.
 
     \b
@@ -904,7 +917,14 @@ def sft_cmd(
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir))
         trajectories = warm_start_trajectories(
-            world, retriever, tokenizer, search_fraction, drills, seed=seed, top_k=topk
+            world,
+            retriever,
+            tokenizer,
+            search_fraction,
+            drills,
+            seed=seed,
+            top_k=topk,
+            reading_worlds=reading_worlds,
         )
         with progress_bar(steps, "sft", "loss") as on_step:
             losses = sft(
@@ -920,7 +940,8 @@ def sft_cmd(
     searching = sum(any(not seg.generated for seg in t.segments) for t in trajectories)
     click.echo(
         f"fine-tuned on {len(trajectories) - drills} demonstrations ({searching} searching) "
-        f"and {drills} drills, loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {out}"
+        f"of this world and {reading_worlds} other(s), and {drills} drills, "
+        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved to {out}"
     )
 
 

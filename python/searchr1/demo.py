@@ -2,7 +2,8 @@
 answer, a tiny model, a deliberately imperfect warm start, then RL.
 
 world -> BM25 index -> tiny Qwen2 model -> copy pre-training -> SFT (half the
-demonstrations search, half guess; plus name-copying drills) -> evaluation -> GRPO ->
+demonstrations search, half guess; those of another world too, to teach reading; plus
+name-copying drills) -> evaluation -> GRPO ->
 evaluation -> a before/after table and a plot.
 Every stage writes into one directory, so each result can be inspected (and reused
 by the other commands: ``searchr1 search``, ``eval``, ``infer``, ``train --resume``).
@@ -48,6 +49,13 @@ class DemoConfig:
     )
     drills: int = field(
         default=1000, metadata={"help": "name-copying drills added to the SFT demonstrations"}
+    )
+    reading_worlds: int = field(
+        default=1,
+        metadata={
+            "help": "other toy worlds whose demonstrations join the warm start, to teach "
+            "reading a passage rather than facts by heart"
+        },
     )
     rl_steps: int = field(default=120, metadata={"help": "GRPO steps"})
     rl_batch: int = field(default=16, metadata={"help": "questions per GRPO step"})
@@ -191,7 +199,7 @@ def _sft_key(config: DemoConfig) -> dict[str, Any]:
     """What the warm start depends on: a saved one with the same key is reused."""
     keys = (
         "seed", "people", "towns", "orgs", "two_hop_fraction", "copy_steps", "sft_steps",
-        "sft_lr", "search_fraction", "drills", "topk",
+        "sft_lr", "search_fraction", "drills", "topk", "reading_worlds",
     )  # fmt: skip
     key = {k: getattr(config, k) for k in keys}
     key["model"] = asdict(config.model)
@@ -202,7 +210,7 @@ def _warm_start(
     config: DemoConfig, world: Any, retriever: Any, out: Path, log: Callable[[str], None]
 ) -> tuple[Any, Any]:
     """A tiny model made from nothing, copy pre-training, then SFT on imperfect
-    demonstrations and name-copying drills."""
+    demonstrations (this world's and other worlds') and name-copying drills."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from searchr1.data.toyworld import warm_start_trajectories
@@ -235,6 +243,7 @@ def _warm_start(
         drills=config.drills,
         seed=config.seed,
         top_k=config.topk,
+        reading_worlds=config.reading_worlds,
     )
     with progress_bar(config.sft_steps, "sft", "loss") as on_step:
         losses = sft(
@@ -293,11 +302,11 @@ def _plot(metrics: Path, png: Path) -> Path | None:
 
 def quick(config: DemoConfig) -> DemoConfig:
     """A shortened demo (about 2.5 minutes on 2 cores): a world of 100 entities, half
-    the warm-start steps and no copy pre-training or drills, 16 GRPO steps. Enough for
-    RL to teach searching (the learning test in tests/test_demo.py), not for held-out
-    EM to rise: that takes the copy pre-training and the drills, which made the quick
-    run 3.7 minutes long and left its 16 GRPO steps too few (search rate 0.08 -> 0.52,
-    valid actions 0.86 -> 0.52)."""
+    the warm-start steps and no copy pre-training, drills or reading worlds, 16 GRPO
+    steps. Enough for RL to teach searching (the learning test in tests/test_demo.py),
+    not for held-out EM to rise: that takes the copy pre-training and the drills, which
+    made the quick run 3.7 minutes long and left its 16 GRPO steps too few (search rate
+    0.08 -> 0.52, valid actions 0.86 -> 0.52)."""
     return replace(
         config,
         people=60,
@@ -306,5 +315,6 @@ def quick(config: DemoConfig) -> DemoConfig:
         copy_steps=0,
         sft_steps=300,
         drills=0,
+        reading_worlds=0,
         rl_steps=16,
     )

@@ -17,8 +17,9 @@ entity's name finds everything there is to know about it. Questions are split in
 train and test by their subject entity: test questions ask about entities no training
 question asks about. :func:`demonstrations` writes imperfect warm-start trajectories
 (half search and answer right, half guess without searching) for supervised
-fine-tuning before RL, and :func:`name_drills` drills that teach a tiny model to write
-names it has never written.
+fine-tuning before RL, :func:`reading_demonstrations` the same over other worlds (so
+that a tiny model learns to read a passage rather than one world's facts), and
+:func:`name_drills` drills that teach it to write names it has never written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +53,7 @@ __all__ = [
     "demonstrations",
     "name_drills",
     "read_world",
+    "reading_demonstrations",
     "warm_start_trajectories",
     "write_world",
 ]
@@ -659,6 +661,56 @@ def name_drills(tokenizer: Any, n: int, seed: int = 0) -> list[Demonstration]:
     return drills
 
 
+def reading_demonstrations(
+    world: World,
+    n_worlds: int = 1,
+    search_fraction: float = 0.5,
+    seed: int = 0,
+    top_k: int = 1,
+) -> list[Demonstration]:
+    """:func:`demonstrations` for every question (train and test) of ``n_worlds`` other
+    worlds of ``world``'s shape, each searched with a BM25 index of its own.
+
+    A tiny model fine-tuned on the demonstrations of one world learns its facts by
+    heart rather than reading them off the passage it found: handed the right passage
+    of a held-out question and the start of the statement, the demo's warm start wrote
+    the year in none of 54 cases and the occupation in 1 of 30 (all facts: 45%).
+    Nothing can be learnt by heart from worlds it never meets again, only how to read:
+    with one other world the same warm start wrote 84% of the facts right. Questions
+    that name an entity of ``world``, or answer with one, are left out, so that no
+    demonstration contradicts it. The same ``search_fraction`` of them search.
+    """
+    import tempfile
+
+    from searchr1.retrieval import Retriever
+
+    if n_worlds < 0:
+        raise ValueError(f"n_worlds must be >= 0, got {n_worlds}")
+    names = {e.name for e in world.entities}
+    out: list[Demonstration] = []
+    for i in range(n_worlds):
+        # Seeds far from the world's own, one per other world.
+        other = build_world(replace(world.config, seed=world.config.seed + 1_000_003 * (i + 1)))
+        with tempfile.TemporaryDirectory(prefix="searchr1-reading-") as tmp:
+            corpus = Path(tmp) / "corpus.jsonl"
+            corpus.write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in other.corpus()),
+                encoding="utf-8",
+            )
+            retriever = Retriever.build(corpus, Path(tmp) / "index", progress=False)
+            for split in SPLITS:
+                questions = other.split(split)
+                demos = demonstrations(
+                    other, split, retriever, search_fraction, seed=seed + i + 1, top_k=top_k
+                )
+                out += [
+                    demo
+                    for q, demo in zip(questions, demos, strict=True)
+                    if not names & {q.answer, *(hop.entity for hop in q.hops)}
+                ]
+    return out
+
+
 def warm_start_trajectories(
     world: World,
     retriever: SearchBackend,
@@ -667,10 +719,13 @@ def warm_start_trajectories(
     drills: int = 1000,
     seed: int = 0,
     top_k: int = 1,
+    reading_worlds: int = 1,
 ) -> list[Trajectory]:
     """The warm start's SFT data (the demo's and ``searchr1 sft``'s): one of
-    :func:`demonstrations` per training question, then ``drills`` :func:`name_drills`."""
+    :func:`demonstrations` per training question, those of ``reading_worlds`` other
+    worlds (:func:`reading_demonstrations`), then ``drills`` :func:`name_drills`."""
     demos = demonstrations(world, "train", retriever, search_fraction, seed=seed, top_k=top_k)
+    demos += reading_demonstrations(world, reading_worlds, search_fraction, seed, top_k)
     trajectories = to_trajectories(tokenizer, demos)
     return trajectories + to_trajectories(
         tokenizer, name_drills(tokenizer, drills, seed), eos=False
