@@ -495,9 +495,9 @@ def demo_cmd(
     Builds a toy world whose answers only search can find, indexes it, makes a tiny
     Qwen2 model, pre-trains it to copy random token strings, warm-starts it by SFT on
     demonstrations of which only half search (this world's and another's, plus drills
-    in writing new names), then
-    trains it with GRPO, and prints the before/after table (EM, search rate, turns,
-    valid actions) on held-out questions, with a plot of the training curves.
+    in writing new names), then trains it with GRPO, and prints the before/after table
+    (EM, search rate, turns, valid actions) on held-out questions, with a plot of the
+    training curves.
     Everything lands in --out; a re-run with the same settings reuses the warm start.
     """
     from dataclasses import replace

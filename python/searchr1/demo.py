@@ -3,8 +3,8 @@ answer, a tiny model, a deliberately imperfect warm start, then RL.
 
 world -> BM25 index -> tiny Qwen2 model -> copy pre-training -> SFT (half the
 demonstrations search, half guess; those of another world too, to teach reading; plus
-name-copying drills) -> evaluation -> GRPO ->
-evaluation -> a before/after table and a plot.
+name-copying drills) -> evaluation -> GRPO -> evaluation -> a before/after table and a
+plot.
 Every stage writes into one directory, so each result can be inspected (and reused
 by the other commands: ``searchr1 search``, ``eval``, ``infer``, ``train --resume``).
 """
