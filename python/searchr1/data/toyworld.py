@@ -54,6 +54,7 @@ __all__ = [
     "name_drills",
     "read_world",
     "reading_demonstrations",
+    "reading_world",
     "warm_start_trajectories",
     "write_world",
 ]
@@ -661,6 +662,12 @@ def name_drills(tokenizer: Any, n: int, seed: int = 0) -> list[Demonstration]:
     return drills
 
 
+def reading_world(world: World, i: int) -> World:
+    """The ``i``-th other world that :func:`reading_demonstrations` reads: ``world``'s
+    config with a seed far from its own."""
+    return build_world(replace(world.config, seed=world.config.seed + 1_000_003 * (i + 1)))
+
+
 def reading_demonstrations(
     world: World,
     n_worlds: int = 1,
@@ -689,14 +696,9 @@ def reading_demonstrations(
     names = {e.name for e in world.entities}
     out: list[Demonstration] = []
     for i in range(n_worlds):
-        # Seeds far from the world's own, one per other world.
-        other = build_world(replace(world.config, seed=world.config.seed + 1_000_003 * (i + 1)))
+        other = reading_world(world, i)
         with tempfile.TemporaryDirectory(prefix="searchr1-reading-") as tmp:
-            corpus = Path(tmp) / "corpus.jsonl"
-            corpus.write_text(
-                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in other.corpus()),
-                encoding="utf-8",
-            )
+            corpus = write_world(other, tmp)["corpus"]
             retriever = Retriever.build(corpus, Path(tmp) / "index", progress=False)
             for split in SPLITS:
                 questions = other.split(split)
