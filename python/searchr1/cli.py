@@ -490,7 +490,7 @@ def demo_cmd(
     rl_steps: int | None,
     two_hop: float | None,
 ) -> None:
-    """Run the embedded default end to end on the CPU (about 16 minutes on 2 cores).
+    """Run the embedded default end to end on the CPU (16-19 minutes on 2 cores).
 
     Builds a toy world whose answers only search can find, indexes it, makes a tiny
     Qwen2 model, pre-trains it to copy random token strings, warm-starts it by SFT on
