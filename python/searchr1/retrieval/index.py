@@ -127,10 +127,11 @@ class Retriever:
         ``dense_model`` (a transformers model directory) adds dense vectors, stored as
         ``dtype`` ("f32", "f16", or "i8" with a scale per row); pooling and prefixes
         default to what suits the model (see :meth:`EncoderConfig.for_model`). ``hnsw``
-        also builds an HNSW graph (usearch, vectors quantised to ``hnsw_dtype``: "f32",
-        "f16" or "i8", a quantised graph's candidates re-scored exactly against the
-        stored vectors; ``connectivity`` links per node, ``ef_construction`` /
-        ``ef_search`` candidate lists) that dense search then uses. ``progress`` draws
+        also builds an HNSW graph (searchr1's own, walked with the vectors in
+        ``hnsw_dtype``: "f32", "f16" or "i8"; a walk in another dtype than the stored
+        vectors' has its candidates re-scored exactly against them; ``connectivity``
+        links per node, ``ef_construction`` / ``ef_search`` candidate lists) that dense
+        search then uses. ``progress`` draws
         bars on standard error (default: when it is a terminal). A failed build leaves
         nothing behind.
         """

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::IndexError;
 use crate::hnsw::HnswSettings;
+use crate::simd;
 use crate::topk::{Scored, TopK};
 
 const VECTORS: &str = "vectors.bin";
@@ -53,7 +54,7 @@ impl DType {
     }
 
     /// Bytes a row of `dim` values takes in `vectors.bin`.
-    fn row_bytes(self, dim: usize) -> usize {
+    pub(crate) fn row_bytes(self, dim: usize) -> usize {
         match self {
             DType::F32 => 4 * dim,
             DType::F16 => 2 * dim,
@@ -202,6 +203,37 @@ impl FlatIndex {
 
     pub fn rows(&self) -> usize {
         self.settings.rows as usize
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.settings.dtype
+    }
+
+    /// The stored bytes of `row`.
+    #[inline]
+    fn row_data(&self, row: usize) -> &[u8] {
+        let size = self.settings.dtype.row_bytes(self.settings.dim);
+        &self.vectors[row * size..(row + 1) * size]
+    }
+
+    /// `q · row` over the stored values of `row` (SIMD; see [`crate::simd`]).
+    #[inline]
+    pub fn dot(&self, q: &[f32], row: usize) -> f32 {
+        let bytes = self.row_data(row);
+        match self.settings.dtype {
+            DType::F32 => simd::dot_f32(q, bytes),
+            DType::F16 => simd::dot_f16(q, bytes),
+            DType::I8 => {
+                let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                scale * simd::dot_i8(q, &bytes[4..])
+            }
+        }
+    }
+
+    /// Starts loading `row` into cache ahead of a [`FlatIndex::dot`] with it.
+    #[inline]
+    pub fn prefetch(&self, row: usize) {
+        simd::prefetch(self.row_data(row));
     }
 
     /// Rows `start..end` as f32, row-major, borrowed when stored as f32.

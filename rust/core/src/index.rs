@@ -339,18 +339,13 @@ impl IndexDir {
             Some(settings) => Some(FlatIndex::open(&dir.join(DENSE_DIR), settings.clone())?),
             None => None,
         };
-        let hnsw = match &manifest.dense {
-            Some(DenseSettings {
-                hnsw: Some(graph),
-                dim,
-                rows,
-                ..
-            }) => Some(HnswIndex::open(
-                &dir.join(DENSE_DIR),
-                *graph,
-                *dim,
-                *rows as usize,
-            )?),
+        let hnsw = match (&manifest.dense, &dense) {
+            (
+                Some(DenseSettings {
+                    hnsw: Some(graph), ..
+                }),
+                Some(flat),
+            ) => Some(HnswIndex::open(&dir.join(DENSE_DIR), *graph, flat)?),
             _ => None,
         };
         Ok(IndexDir {

@@ -7,6 +7,8 @@
 //! * [`corpus`], [`bm25`], [`index`]: the retriever — a streamed JSONL corpus, BM25
 //!   over tantivy scored as Lucene does with settable `k1` / `b`, batched search on
 //!   rayon, and an index directory with a manifest.
+//! * [`dense`], [`hnsw`], [`simd`]: dense vectors searched exactly (blocked SGEMMs) or
+//!   through our own HNSW graph, with SIMD inner products chosen at run time.
 //! * [`pack`]: multi-turn rollouts into batch arrays with the loss mask that hides
 //!   injected tokens (retrieved documents) from the loss.
 //!
@@ -21,6 +23,7 @@ pub mod error;
 pub mod hnsw;
 pub mod index;
 pub mod pack;
+pub mod simd;
 pub mod stop;
 pub mod tags;
 pub mod topk;
