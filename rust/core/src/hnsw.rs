@@ -383,13 +383,9 @@ impl Builder<'_> {
             }
             Ok(())
         };
-        let padded = |links: &Vec<u32>, width: usize| {
-            links
-                .clone()
-                .into_iter()
-                .chain(std::iter::repeat(EMPTY))
-                .take(width)
-        };
+        fn padded(links: &[u32], width: usize) -> impl Iterator<Item = u32> + '_ {
+            links.iter().copied().chain(std::iter::repeat(EMPTY)).take(width)
+        }
         put(&mut nodes.iter().flat_map(|n| padded(&n[0], 2 * m)))?;
         put(&mut upper.iter().copied())?;
         let mut offset = 0u32;
@@ -468,18 +464,20 @@ impl HnswIndex {
         }
         let codes = Self::write_codes(dir, flat, settings.dtype.dtype())?;
         let walk = codes.as_ref().unwrap_or(flat);
+        let levels: Vec<u8> = (0..rows)
+            .map(|r| level_of(r, settings.connectivity) as u8)
+            .collect();
         let builder = Builder {
             rows: walk,
             settings,
-            levels: (0..rows)
-                .map(|r| level_of(r, settings.connectivity) as u8)
-                .collect(),
             graph: Building {
-                nodes: (0..rows)
-                    .map(|r| Mutex::new(vec![Vec::new(); level_of(r, settings.connectivity) + 1]))
+                nodes: levels
+                    .iter()
+                    .map(|&l| Mutex::new(vec![Vec::new(); l as usize + 1]))
                     .collect(),
             },
-            entry: RwLock::new((0, level_of(0, settings.connectivity))),
+            entry: RwLock::new((0, levels.first().map_or(0, |&l| l as usize))),
+            levels,
         };
         let done = AtomicUsize::new(rows.min(1)); // row 0 is the first entry
         pool.install(|| {
@@ -760,15 +758,9 @@ mod tests {
         assert_eq!(index.search(&q, 16, 3, &flat).unwrap()[0].len(), 3);
         std::fs::remove_file(&graph).unwrap();
         std::fs::write(dir.join(USEARCH_GRAPH), b"old").unwrap();
-        assert!(message_missing(&dir, settings, &flat).contains("older searchr1 (usearch)"));
+        let old = HnswIndex::open(&dir, settings, &flat).err().unwrap().to_string();
+        assert!(old.contains("older searchr1 (usearch)"), "{old}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn message_missing(dir: &Path, settings: HnswSettings, flat: &FlatIndex) -> String {
-        HnswIndex::open(dir, settings, flat)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
     }
 
     #[test]
