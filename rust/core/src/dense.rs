@@ -171,6 +171,16 @@ impl DenseWriter {
     }
 }
 
+/// What stored rows are scored against: f32 values (a query), or the i8 codes of a
+/// stored i8 row, which multiply i8 rows exactly in integers, three times fewer
+/// instructions than widening either side to f32 (the graph build scores row against
+/// row).
+#[derive(Clone, Copy, Debug)]
+pub enum Probe<'a> {
+    F32(&'a [f32]),
+    I8 { scale: f32, codes: &'a [u8] },
+}
+
 /// An exact inner-product index over memory-mapped vectors.
 pub struct FlatIndex {
     vectors: Mmap,
@@ -226,6 +236,35 @@ impl FlatIndex {
             DType::I8 => {
                 let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                 scale * simd::dot_i8(q, &bytes[4..])
+            }
+        }
+    }
+
+    /// `row` as a [`Probe`]: its codes when stored as i8, else its f32 values.
+    pub fn probe<'a>(&'a self, row: usize, buf: &'a mut Vec<f32>) -> Probe<'a> {
+        match self.settings.dtype {
+            DType::I8 => {
+                let bytes = self.row_data(row);
+                let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                Probe::I8 {
+                    scale,
+                    codes: &bytes[4..],
+                }
+            }
+            DType::F32 | DType::F16 => Probe::F32(self.vectors(row, row + 1, buf)),
+        }
+    }
+
+    /// `probe · row` over the stored values of `row`.
+    #[inline]
+    pub fn score(&self, probe: Probe<'_>, row: usize) -> f32 {
+        match probe {
+            Probe::F32(q) => self.dot(q, row),
+            Probe::I8 { scale, codes } => {
+                assert_eq!(self.settings.dtype, DType::I8, "i8 codes score i8 rows only");
+                let bytes = self.row_data(row);
+                let row_scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                scale * row_scale * simd::dot_i8_i8(codes, &bytes[4..]) as f32
             }
         }
     }
@@ -378,7 +417,7 @@ pub(crate) fn query_count(queries: &[f32], dim: usize) -> Result<usize, IndexErr
 }
 
 /// i8 values as the bytes they are.
-fn bytemuck_i8(values: &[i8]) -> &[u8] {
+pub(crate) fn bytemuck_i8(values: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len()) }
 }

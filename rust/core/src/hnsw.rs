@@ -31,7 +31,9 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::dense::{query_count, DType, DenseSettings, DenseWriter, FlatIndex};
+use crate::dense::{
+    bytemuck_i8, quantize_row, query_count, DType, DenseSettings, DenseWriter, FlatIndex, Probe,
+};
 use crate::error::IndexError;
 use crate::topk::{Scored, TopK};
 
@@ -169,7 +171,7 @@ fn scored(score: f32, row: u32) -> Scored {
 fn greedy(
     graph: &impl Links,
     rows: &FlatIndex,
-    q: &[f32],
+    q: Probe<'_>,
     mut from: Scored,
     level: usize,
     buf: &mut Vec<u32>,
@@ -178,7 +180,7 @@ fn greedy(
         graph.links(from.key as u32, level, buf);
         let mut moved = false;
         for &n in buf.iter() {
-            let s = rows.dot(q, n as usize);
+            let s = rows.score(q, n as usize);
             if s > from.score {
                 from = scored(s, n);
                 moved = true;
@@ -194,7 +196,7 @@ fn greedy(
 fn search_level(
     graph: &impl Links,
     rows: &FlatIndex,
-    q: &[f32],
+    q: Probe<'_>,
     entry: Scored,
     ef: usize,
     level: usize,
@@ -220,7 +222,7 @@ fn search_level(
             }
         }
         for &n in &fresh {
-            let s = rows.dot(q, n as usize);
+            let s = rows.score(q, n as usize);
             if s > found.threshold() {
                 candidates.push(scored(s, n));
                 found.push(scored(s, n));
@@ -244,8 +246,8 @@ fn select(rows: &FlatIndex, candidates: &[Scored], m: usize, buf: &mut Vec<f32>)
             break;
         }
         let row = c.key as usize;
-        let v = rows.vectors(row, row + 1, buf);
-        if kept.iter().all(|&k| rows.dot(v, k as usize) < c.score) {
+        let v = rows.probe(row, buf);
+        if kept.iter().all(|&k| rows.score(v, k as usize) < c.score) {
             kept.push(row as u32);
         }
     }
@@ -292,11 +294,11 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn insert(&self, node: u32, scratch: &mut Scratch, bufs: &mut [Vec<f32>; 3]) {
         let [q_buf, v_buf, w_buf] = bufs;
-        let q = self.rows.vectors(node as usize, node as usize + 1, q_buf);
+        let q = self.rows.probe(node as usize, q_buf);
         let m = self.settings.connectivity;
         let level = self.levels[node as usize] as usize;
         let (entry, top) = *self.entry.read().expect("no thread panics holding the entry");
-        let mut from = scored(self.rows.dot(q, entry as usize), entry);
+        let mut from = scored(self.rows.score(q, entry as usize), entry);
         for l in (level + 1..=top).rev() {
             from = greedy(&self.graph, self.rows, q, from, l, &mut scratch.links);
         }
@@ -342,11 +344,11 @@ impl Builder<'_> {
             list.push(node);
             return;
         }
-        let v = self.rows.vectors(n as usize, n as usize + 1, v_buf);
+        let v = self.rows.probe(n as usize, v_buf);
         let mut candidates: Vec<Scored> = list
             .iter()
             .chain([&node])
-            .map(|&c| scored(self.rows.dot(v, c as usize), c))
+            .map(|&c| scored(self.rows.score(v, c as usize), c))
             .collect();
         candidates.sort_by(|a, b| b.cmp(a));
         *list = select(self.rows, &candidates, cap, w_buf);
@@ -654,17 +656,31 @@ impl HnswIndex {
             return Ok(vec![Vec::new(); n]);
         }
         let walk = self.codes.as_ref().unwrap_or(flat);
+        // An i8 walk quantizes the query as rows are (a scale per vector), so it scores
+        // in integers; its candidates are then re-scored exactly.
+        let quantize = walk.dtype() == DType::I8;
+        let rescore = quantize || self.codes.is_some();
         let ef = self.expansion_search().max(k);
         Ok(queries
             .par_chunks_exact(dim)
             .map(|q| {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    let mut from = scored(walk.dot(q, self.entry as usize), self.entry);
-                    for level in (1..=self.top).rev() {
-                        from = greedy(self, walk, q, from, level, &mut scratch.links);
+                let mut codes = Vec::new();
+                let probe = if quantize {
+                    let scale = quantize_row(q, &mut codes);
+                    Probe::I8 {
+                        scale,
+                        codes: bytemuck_i8(&codes),
                     }
-                    let found = search_level(self, walk, q, from, ef, 0, scratch);
-                    let best = if self.codes.is_some() {
+                } else {
+                    Probe::F32(q)
+                };
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let mut from = scored(walk.score(probe, self.entry as usize), self.entry);
+                    for level in (1..=self.top).rev() {
+                        from = greedy(self, walk, probe, from, level, &mut scratch.links);
+                    }
+                    let found = search_level(self, walk, probe, from, ef, 0, scratch);
+                    let best = if rescore {
                         // Scored again against the flat vectors: exact scores, exact order.
                         let mut top = TopK::new(k);
                         for c in &found {
