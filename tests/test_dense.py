@@ -66,6 +66,16 @@ def test_encoder_batches_by_length_and_keeps_the_order() -> None:
     assert enc.encode([]).shape == (0, 384)
 
 
+def test_eager_attention_on_short_batches_changes_no_vector() -> None:
+    texts = ["Dune", "who wrote Dune?", "word " * 200]  # short batches, then a long one
+    switching = Encoder(EncoderConfig.for_model(MODEL), batch_size=1)
+    fixed = Encoder(EncoderConfig.for_model(MODEL), batch_size=1)
+    fixed._switch_attention = False  # SDPA throughout
+    assert switching._switch_attention, "a CPU encoder switches"
+    np.testing.assert_allclose(switching.encode(texts), fixed.encode(texts), atol=1e-5)
+    assert switching._attention == "sdpa", "the long batch went back to SDPA"
+
+
 def test_config_for_model() -> None:
     assert EncoderConfig.for_model(MODEL).pooling == "mean"
     e5 = EncoderConfig.for_model("/models/e5-base-v2")

@@ -22,6 +22,11 @@ __all__ = ["Encoder", "EncoderConfig"]
 
 Pooling = Literal["mean", "cls"]
 
+#: On a CPU, batches padded to at most this many tokens use eager attention (a matmul
+#: and a softmax), longer ones torch's SDPA kernel: for all-MiniLM-L6-v2 on 2 threads,
+#: eager encodes queries (~24 tokens) 5-15% faster, and 256-token passages 1.5x slower.
+EAGER_ATTENTION_UP_TO = 128
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -88,6 +93,22 @@ class Encoder:
             raise InputError(f"cannot load the encoder model {config.model!r}: {e}") from e
         self.model = model.to(self.device).eval()
         self.dim: int = int(self.model.config.hidden_size)
+        self._attention: str = self.model.config._attn_implementation
+        self._switch_attention = self.device.type == "cpu" and self._attention == "sdpa"
+
+    def _use_attention(self, tokens: int) -> None:
+        """Eager attention for a short CPU batch, SDPA for a long one (see
+        ``EAGER_ATTENTION_UP_TO``); the two compute the same function."""
+        want = "eager" if tokens <= EAGER_ATTENTION_UP_TO else "sdpa"
+        if not self._switch_attention or want == self._attention:
+            return
+        try:
+            self.model.set_attn_implementation(want)
+        except (AttributeError, ValueError, ImportError):
+            # transformers < 5 (no set_attn_implementation), or a model with only one
+            self._switch_attention = False
+            return
+        self._attention = want
 
     def encode(
         self, texts: list[str], kind: Literal["query", "passage"] = "query"
@@ -117,6 +138,7 @@ class Encoder:
                     {key: [values[i] for i in rows] for key, values in features.items()},
                     return_tensors="pt",
                 ).to(self.device)
+                self._use_attention(batch["input_ids"].shape[1])
                 hidden = self.model(**batch).last_hidden_state.float()
                 if self.config.pooling == "cls":
                     pooled = hidden[:, 0]
