@@ -5,12 +5,15 @@
 //! store. A walk compares the query with the vectors in the graph's dtype: the flat
 //! vectors themselves when they are stored alike, else a copy in `hnsw/vectors.bin`
 //! (an i8 copy of f32 vectors is a quarter of their size, so a walk touches a quarter
-//! of the memory). A quantized walk's efSearch best candidates are then scored again
-//! against the flat vectors, so the scores returned are those of exact search.
+//! of the memory). An i8 walk quantizes the query as the rows are, so each step is an
+//! integer product of i8 codes; a quantized walk's efSearch best candidates are then
+//! scored again against the flat vectors, so the scores returned are those of exact
+//! search.
 //!
 //! Building inserts rows in parallel (rayon), each node's links behind its own lock,
 //! choosing links with the paper's heuristic (a candidate is kept unless it is closer
-//! to a link already kept than to the node). A search walks the upper levels
+//! to a link already kept than to the node); an i8 graph scores row against row in
+//! integers too. A search walks the upper levels
 //! greedily, then keeps the efSearch best at level 0, prefetching the vectors of a
 //! node's unvisited neighbours before scoring them.
 //!

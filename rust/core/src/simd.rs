@@ -1,5 +1,6 @@
 //! Inner products of an f32 query with one stored row (f32, f16 or i8 bytes, as
-//! `vectors.bin` holds them), and a prefetch hint for a row about to be read.
+//! `vectors.bin` holds them), of two rows of i8 codes, and a prefetch hint for a row
+//! about to be read.
 //!
 //! The graph walk calls these once per visited vector, so they are written with
 //! AVX2/FMA/F16C intrinsics, chosen at run time (the crate is compiled for baseline
