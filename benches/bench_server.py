@@ -23,6 +23,9 @@ loaded one after the other in this run, by this process:
 vectors are bench_dense's synthetic 384-d vectors (what they encode does not change
 the work), searched exactly: our flat index in `searchr1 serve --mode dense`, faiss
 `IndexFlatIP` behind the reference, which encodes each request's queries itself.
+`--encoder-dtypes float32,bfloat16` runs that comparison once per dtype, the encoder
+of both sides computing in it (Search-R1 encodes in fp16 on a GPU; bfloat16 is the
+CPU's half precision, fast where the CPU has AVX512-BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -284,6 +287,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--serve-args", default="", help="more options for searchr1 serve")
     ap.add_argument("--dense", action="store_true", help="also compare dense retrieval")
     ap.add_argument("--dense-passages", type=int, default=200_000)
+    ap.add_argument(
+        "--encoder-dtypes",
+        default="float32",
+        help="dense: what both sides' encoders compute in, comma-separated (float32, "
+        "bfloat16, float16); one comparison each",
+    )
     args = ap.parse_args(argv)
 
     corpus, queries = corpus_and_queries(args.passages, 5000)
@@ -321,17 +330,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dense_corpus, _ = corpus_and_queries(args.dense_passages, 1)
             npy = build_dense(dense_corpus, tmpdir / "dense", args.dense_passages)
             dense = ["--index", str(tmpdir / "dense")]
-            cmd = [*serve, *dense, "--mode", "dense", "--exact"]
-            ours = run_side("searchr1-dense", cmd, bodies, probe, args, tmpdir)
-            cmd = [*ref, "--engine", "dense", *dense, "--corpus", str(dense_corpus)]
-            cmd += ["--vectors", str(npy), "--topk", topk]
-            peer = run_side("reference-dense", cmd, bodies, probe, args, tmpdir)
-            results["dense"] = compare(
-                f"Retrieval server, dense (MiniLM + exact inner product): "
-                f"{args.dense_passages} x 384, {load_shape}",
-                ours,
-                {"faiss-flat": peer},
-            )
+            for dtype in args.encoder_dtypes.split(","):
+                cmd = [*serve, *dense, "--mode", "dense", "--exact", "--encoder-dtype", dtype]
+                ours = run_side(f"searchr1-dense-{dtype}", cmd, bodies, probe, args, tmpdir)
+                cmd = [*ref, "--engine", "dense", *dense, "--corpus", str(dense_corpus)]
+                cmd += ["--vectors", str(npy), "--topk", topk, "--dtype", dtype]
+                peer = run_side(f"reference-dense-{dtype}", cmd, bodies, probe, args, tmpdir)
+                key = "dense" if dtype == "float32" else f"dense_{dtype}"
+                results[key] = compare(
+                    f"Retrieval server, dense (MiniLM in {dtype} + exact inner product): "
+                    f"{args.dense_passages} x 384, {load_shape}",
+                    ours,
+                    {"faiss-flat": peer},
+                )
     return results
 
 

@@ -98,13 +98,16 @@ class Bm25sOneByOne:
 class DenseFlat:
     """Encode the request's queries, then faiss IndexFlatIP (Search-R1's dense path)."""
 
-    def __init__(self, index: Path, corpus: Path, vectors: Path, batch_size: int = 512) -> None:
+    def __init__(
+        self, index: Path, corpus: Path, vectors: Path, dtype: str, batch_size: int = 512
+    ) -> None:
         import faiss
         import numpy as np
 
         from searchr1 import Retriever
 
-        self.encoder = Retriever.open(index).encoder  # the model the index records
+        # The model the index records, its weights in `dtype` (Search-R1: `model.half()`).
+        self.encoder = Retriever.open(index, encoder_dtype=dtype).encoder
         data = np.load(vectors)
         self.index = faiss.IndexFlatIP(data.shape[1])
         self.index.add(data)
@@ -136,7 +139,8 @@ class DenseFlat:
             else:
                 mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1)
-            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            # Search-R1 casts its fp16 vectors to float32 for faiss; so here.
+            return torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
 
     def batch_search(self, queries: list[str], k: int) -> tuple[list[list[Any]], list[list[float]]]:
         results: list[list[Any]] = []
@@ -185,6 +189,7 @@ def main() -> None:
     ap.add_argument("--vectors", type=Path, help=".npy passage vectors (dense)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--topk", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", help="what the dense encoder computes in")
     args = ap.parse_args()
     engine: Engine
     if args.engine == "searchr1":
@@ -192,7 +197,7 @@ def main() -> None:
     elif args.engine == "bm25s":
         engine = Bm25sOneByOne(args.corpus)
     else:
-        engine = DenseFlat(args.index, args.corpus, args.vectors)
+        engine = DenseFlat(args.index, args.corpus, args.vectors, args.dtype)
     uvicorn.run(make_app(engine, args.topk), host="127.0.0.1", port=args.port, log_level="warning")
 
 

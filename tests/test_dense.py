@@ -76,6 +76,18 @@ def test_eager_attention_on_short_batches_changes_no_vector() -> None:
     assert switching._attention == "sdpa", "the long batch went back to SDPA"
 
 
+def test_bfloat16_encoder_is_close_to_float32() -> None:
+    texts = ["the capital of France", "Who wrote Dune?", "a river in Africa", "word " * 40]
+    config = EncoderConfig.for_model(MODEL)
+    f32 = Encoder(config, dtype="float32").encode(texts)
+    bf16 = Encoder(config, dtype="bfloat16").encode(texts)
+    assert bf16.dtype == np.float32
+    cosines = (f32 * bf16).sum(axis=1)
+    assert cosines.min() > 0.999 and not np.array_equal(f32, bf16)
+    with pytest.raises(InputError, match="encoder dtype must be one of"):
+        Encoder(config, dtype="int4")
+
+
 def test_config_for_model() -> None:
     assert EncoderConfig.for_model(MODEL).pooling == "mean"
     e5 = EncoderConfig.for_model("/models/e5-base-v2")
@@ -181,7 +193,12 @@ def test_cli_dense_and_hybrid(corpus: Path, tmp_path: Path) -> None:
     args += ["--hnsw", "--hnsw-dtype", "f32"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    for mode, extra in (("dense", []), ("dense", ["--exact"]), ("hybrid", [])):
+    for mode, extra in (
+        ("dense", []),
+        ("dense", ["--exact"]),
+        ("dense", ["--encoder-dtype", "bfloat16"]),
+        ("hybrid", []),
+    ):
         result = runner.invoke(
             main,
             ["search", "--index", str(out), "--mode", mode, "--json", "-k", "1", "Peru", *extra],

@@ -574,6 +574,13 @@ def test_startup_errors_are_one_line(index_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 1 and "Error:" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_server_config_rejects_a_bad_encoder_dtype() -> None:
+    from searchr1.retrieval.server import ServerConfig
+
+    with pytest.raises(InputError, match="encoder_dtype must be one of float32, bfloat16"):
+        ServerConfig(index=Path("idx"), encoder_dtype="int4")
+
+
 def test_import_does_not_import_the_server_stack() -> None:
     code = (
         "import sys, searchr1, searchr1.retrieval; "

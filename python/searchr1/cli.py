@@ -198,6 +198,11 @@ def index_cmd(
     help="BM25, dense (exact inner product), or hybrid (reciprocal rank fusion).",
 )
 @click.option("--device", help="Encoder device for dense and hybrid search.")
+@click.option(
+    "--encoder-dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    help="What the query encoder computes in [default: bfloat16 on a GPU, float32 on a CPU].",
+)
 @click.option("--exact", is_flag=True, help="Dense search over every vector, not the HNSW graph.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print Search-R1's /retrieve response format."
@@ -208,6 +213,7 @@ def search_cmd(
     k: int,
     mode: str,
     device: str | None,
+    encoder_dtype: str | None,
     exact: bool,
     as_json: bool,
     queries: tuple[str, ...],
@@ -221,7 +227,7 @@ def search_cmd(
     from searchr1.retrieval import Retriever
 
     with _user_errors():
-        retriever = Retriever.open(index_dir, device=device)
+        retriever = Retriever.open(index_dir, device=device, encoder_dtype=encoder_dtype)
         results = retriever.search(list(queries), k=k, mode=mode, exact=exact)
     if as_json:
         body = {"result": [[h.to_search_r1() for h in row] for row in results]}
@@ -260,6 +266,7 @@ def _serve_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
 @_serve_option("topk", type=click.IntRange(1))
 @_serve_option("mode", type=click.Choice(["bm25", "dense", "hybrid"]))
 @_serve_option("device")
+@_serve_option("encoder_dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
 @_serve_option("exact", is_flag=True)
 @_serve_option("max_topk", type=click.IntRange(1))
 @_serve_option("max_queries", type=click.IntRange(1))

@@ -77,6 +77,7 @@ class Retriever:
         device: str | None = None,
         cache_size: int = 0,
         mode: str = "bm25",
+        encoder_dtype: str | None = None,
     ) -> None:
         self._index = index
         #: The mode of a search that names none (see :meth:`search`).
@@ -84,6 +85,7 @@ class Retriever:
         self.path = path
         self.manifest: dict[str, Any] = json.loads(index.manifest)
         self._device = device
+        self._encoder_dtype = encoder_dtype
         self._encoder: Encoder | None = None
         self._cache: OrderedDict[tuple[str, int, str], list[Hit]] = OrderedDict()
         self.cache_size = cache_size
@@ -231,18 +233,31 @@ class Retriever:
 
     @classmethod
     def open(
-        cls, path: str | Path, device: str | None = None, cache_size: int = 0, mode: str = "bm25"
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        cache_size: int = 0,
+        mode: str = "bm25",
+        encoder_dtype: str | None = None,
     ) -> Retriever:
         """Opens the index directory ``path`` (memory-mapped; fast for any size).
 
         Raises :class:`~searchr1.errors.IndexFormatError` for a directory that is not a
         complete searchr1 index of a version this package reads. The dense encoder is
-        loaded on ``device`` at the first dense or hybrid search. ``cache_size`` keeps
+        loaded on ``device`` at the first dense or hybrid search, computing in
+        ``encoder_dtype`` (see :class:`~searchr1.retrieval.encoder.Encoder`). ``cache_size`` keeps
         the results of that many recent (query, k, mode) in an LRU cache. ``mode`` is
         the mode of searches that name none, such as those of a rollout.
         """
         path = Path(path)
-        return cls(_core.Index(path), path, device=device, cache_size=cache_size, mode=mode)
+        return cls(
+            _core.Index(path),
+            path,
+            device=device,
+            cache_size=cache_size,
+            mode=mode,
+            encoder_dtype=encoder_dtype,
+        )
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -271,7 +286,9 @@ class Retriever:
             dense = self.manifest.get("dense")
             if not dense:
                 raise InputError(f"{self.path} has no dense vectors")
-            encoder = Encoder(EncoderConfig(**dense["encoder"]), device=self._device)
+            encoder = Encoder(
+                EncoderConfig(**dense["encoder"]), device=self._device, dtype=self._encoder_dtype
+            )
             if encoder.dim != dense["dim"]:
                 raise IndexFormatError(
                     f"{self.path}: the index holds {dense['dim']}-d vectors but the encoder "

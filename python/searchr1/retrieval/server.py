@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from searchr1.errors import InputError
+from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
 from searchr1.retrieval.index import MODES, Hit, Retriever
 
 if TYPE_CHECKING:
@@ -82,6 +83,14 @@ class ServerConfig:
     )
     device: str | None = field(
         default=None, metadata={"help": "Encoder device for dense and hybrid mode (cpu, cuda)."}
+    )
+    encoder_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the query encoder computes in: float32, bfloat16 or float16 "
+            "[default: bfloat16 on a GPU, float32 on a CPU; bfloat16 pays on CPUs with "
+            "AVX512-BF16 or AMX]."
+        },
     )
     exact: bool = field(
         default=False, metadata={"help": "Dense search over every vector, not the HNSW graph."}
@@ -134,6 +143,11 @@ class ServerConfig:
             raise InputError(f"topk must be in 1..max_topk ({self.max_topk}), not {self.topk}")
         if self.mode is not None and self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.encoder_dtype is not None and self.encoder_dtype not in ENCODER_DTYPES:
+            raise InputError(
+                f"encoder_dtype must be one of {', '.join(ENCODER_DTYPES)}, "
+                f"not {self.encoder_dtype!r}"
+            )
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             raise InputError(f"max_wait_ms must be a finite number >= 0, not {self.max_wait_ms}")
         if self.shutdown_timeout_s < 1:
@@ -691,7 +705,9 @@ def serve(config: ServerConfig) -> None:
     """
     import uvicorn
 
-    retriever = Retriever.open(config.index, device=config.device)
+    retriever = Retriever.open(
+        config.index, device=config.device, encoder_dtype=config.encoder_dtype
+    )
     mode = resolve_mode(retriever, config.mode)
     started = time.perf_counter()
     retriever.search(["warm up"], k=config.topk, mode=mode, exact=config.exact)  # loads the encoder
