@@ -1,11 +1,14 @@
-//! Criterion benches of the retrieval search paths: batched BM25 and exact dense search.
+//! Criterion benches of the retrieval search paths: batched BM25, exact dense search,
+//! the HNSW walk, and the i8 inner-product kernels the walk and the graph build use.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use searchr1_core::bm25::{Bm25Index, Bm25Settings};
-use searchr1_core::dense::{DType, DenseSettings, DenseWriter, FlatIndex};
+use searchr1_core::dense::{quantize_row, DType, DenseSettings, DenseWriter, FlatIndex};
+use searchr1_core::hnsw::{HnswIndex, HnswSettings, Quantization};
+use searchr1_core::simd;
 use searchr1_core::{IndexError, Passage};
 
 mod common;
@@ -81,5 +84,79 @@ fn bench_dense(c: &mut Criterion) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-criterion_group!(benches, bench_bm25, bench_dense);
+/// `rows` unit vectors of `dim` around `rows / 20` centres: neighbourhoods, as
+/// embeddings have (on uniform noise a graph search means nothing).
+fn clustered(rng: &mut Rng, rows: usize, dim: usize) -> Vec<f32> {
+    let mut uniform = || (rng.next() % 2001) as f32 / 1000.0 - 1.0;
+    let centres: Vec<f32> = (0..(rows / 20) * dim).map(|_| uniform()).collect();
+    let mut out = Vec::with_capacity(rows * dim);
+    for r in 0..rows {
+        let c = &centres[(r % (rows / 20)) * dim..][..dim];
+        let v: Vec<f32> = c.iter().map(|x| x + 0.5 * uniform()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        out.extend(v.iter().map(|x| x / norm));
+    }
+    out
+}
+
+fn bench_hnsw(c: &mut Criterion) {
+    let dir = scratch("hnsw");
+    let (rows, dim) = (20_000usize, 128usize);
+    let vectors = clustered(&mut Rng(13), rows, dim);
+    let mut writer = DenseWriter::create(&dir, dim, DType::F32).unwrap();
+    writer.add(&vectors).unwrap();
+    writer.finish().unwrap();
+    let flat_settings = DenseSettings {
+        dim,
+        dtype: DType::F32,
+        rows: rows as u64,
+        encoder: serde_json::Value::Null,
+        hnsw: None,
+    };
+    let flat = FlatIndex::open(&dir, flat_settings).unwrap();
+    let settings = HnswSettings {
+        dtype: Quantization::I8,
+        connectivity: 16,
+        expansion_add: 64,
+        expansion_search: 32,
+    };
+    HnswIndex::build(&dir, &flat, settings, 2, |_| {}).unwrap();
+    let graph = HnswIndex::open(&dir, settings, &flat).unwrap();
+    let queries: Vec<f32> = clustered(&mut Rng(17), 256, dim);
+    let mut group = c.benchmark_group("hnsw_search");
+    group.throughput(Throughput::Elements(256));
+    group.bench_function("20k_x128_i8_walk_ef32_256_queries_top10", |b| {
+        b.iter(|| graph.search(black_box(&queries), dim, 10, &flat).unwrap())
+    });
+    group.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The integer i8 x i8 kernel of the build and the walk, next to what it replaced
+/// (an f32 vector times i8 codes widened to f32), over 384 values.
+fn bench_i8_kernels(c: &mut Criterion) {
+    let dim = 384;
+    let mut rng = Rng(19);
+    let a: Vec<f32> = (0..dim)
+        .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let b: Vec<f32> = (0..dim)
+        .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let (mut a_codes, mut b_codes) = (Vec::new(), Vec::new());
+    quantize_row(&a, &mut a_codes);
+    quantize_row(&b, &mut b_codes);
+    let a_bytes: Vec<u8> = a_codes.iter().map(|&v| v as u8).collect();
+    let b_bytes: Vec<u8> = b_codes.iter().map(|&v| v as u8).collect();
+    let mut group = c.benchmark_group("i8_dot_384");
+    group.bench_function("f32_times_i8", |bench| {
+        bench.iter(|| simd::dot_i8(black_box(&a), black_box(&b_bytes)))
+    });
+    group.bench_function("i8_times_i8", |bench| {
+        bench.iter(|| simd::dot_i8_i8(black_box(&a_bytes), black_box(&b_bytes)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_bm25, bench_dense, bench_hnsw, bench_i8_kernels);
 criterion_main!(benches);
