@@ -2,7 +2,7 @@
 //! the HNSW walk, and the i8 inner-product kernels the walk and the graph build use.
 
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use searchr1_core::bm25::{Bm25Index, Bm25Settings};
@@ -55,6 +55,21 @@ fn bench_bm25(c: &mut Criterion) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A flat f32 index of `vectors` (rows of `dim`) in `dir`.
+fn flat_index(dir: &Path, vectors: &[f32], dim: usize) -> FlatIndex {
+    let mut writer = DenseWriter::create(dir, dim, DType::F32).unwrap();
+    writer.add(vectors).unwrap();
+    let rows = writer.finish().unwrap();
+    let settings = DenseSettings {
+        dim,
+        dtype: DType::F32,
+        rows,
+        encoder: serde_json::Value::Null,
+        hnsw: None,
+    };
+    FlatIndex::open(dir, settings).unwrap()
+}
+
 fn bench_dense(c: &mut Criterion) {
     let dir = scratch("dense");
     let (rows, dim) = (50_000usize, 128usize);
@@ -62,17 +77,7 @@ fn bench_dense(c: &mut Criterion) {
     let vectors: Vec<f32> = (0..rows * dim)
         .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
         .collect();
-    let mut writer = DenseWriter::create(&dir, dim, DType::F32).unwrap();
-    writer.add(&vectors).unwrap();
-    writer.finish().unwrap();
-    let settings = DenseSettings {
-        dim,
-        dtype: DType::F32,
-        rows: rows as u64,
-        encoder: serde_json::Value::Null,
-        hnsw: None,
-    };
-    let index = FlatIndex::open(&dir, settings).unwrap();
+    let index = flat_index(&dir, &vectors, dim);
     let queries: Vec<f32> = vectors[..256 * dim].to_vec();
     let mut group = c.benchmark_group("dense_exact_search");
     group.throughput(Throughput::Elements(256));
@@ -102,18 +107,7 @@ fn clustered(rng: &mut Rng, rows: usize, dim: usize) -> Vec<f32> {
 fn bench_hnsw(c: &mut Criterion) {
     let dir = scratch("hnsw");
     let (rows, dim) = (20_000usize, 128usize);
-    let vectors = clustered(&mut Rng(13), rows, dim);
-    let mut writer = DenseWriter::create(&dir, dim, DType::F32).unwrap();
-    writer.add(&vectors).unwrap();
-    writer.finish().unwrap();
-    let flat_settings = DenseSettings {
-        dim,
-        dtype: DType::F32,
-        rows: rows as u64,
-        encoder: serde_json::Value::Null,
-        hnsw: None,
-    };
-    let flat = FlatIndex::open(&dir, flat_settings).unwrap();
+    let flat = flat_index(&dir, &clustered(&mut Rng(13), rows, dim), dim);
     let settings = HnswSettings {
         dtype: Quantization::I8,
         connectivity: 16,
