@@ -49,7 +49,19 @@ def report(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory, in MB."""
+    """This process's peak resident memory, in MB.
+
+    On Linux, from VmHWM (the peak of this program's own memory): getrusage's
+    ru_maxrss keeps the peak of the process before its exec, so a side started by a
+    large parent (`make bench` runs every bench in one process) would report the
+    parent's peak instead of its own."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
