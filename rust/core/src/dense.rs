@@ -181,6 +181,16 @@ pub enum Probe<'a> {
     I8 { scale: f32, codes: &'a [u8] },
 }
 
+/// A stored i8 row split into its scale (little-endian f32) and its codes.
+#[inline]
+fn i8_row(bytes: &[u8]) -> (f32, &[u8]) {
+    let (scale, codes) = bytes.split_at(4);
+    (
+        f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]),
+        codes,
+    )
+}
+
 /// An exact inner-product index over memory-mapped vectors.
 pub struct FlatIndex {
     vectors: Mmap,
@@ -234,8 +244,8 @@ impl FlatIndex {
             DType::F32 => simd::dot_f32(q, bytes),
             DType::F16 => simd::dot_f16(q, bytes),
             DType::I8 => {
-                let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                scale * simd::dot_i8(q, &bytes[4..])
+                let (scale, codes) = i8_row(bytes);
+                scale * simd::dot_i8(q, codes)
             }
         }
     }
@@ -244,12 +254,8 @@ impl FlatIndex {
     pub fn probe<'a>(&'a self, row: usize, buf: &'a mut Vec<f32>) -> Probe<'a> {
         match self.settings.dtype {
             DType::I8 => {
-                let bytes = self.row_data(row);
-                let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                Probe::I8 {
-                    scale,
-                    codes: &bytes[4..],
-                }
+                let (scale, codes) = i8_row(self.row_data(row));
+                Probe::I8 { scale, codes }
             }
             DType::F32 | DType::F16 => Probe::F32(self.vectors(row, row + 1, buf)),
         }
@@ -262,9 +268,8 @@ impl FlatIndex {
             Probe::F32(q) => self.dot(q, row),
             Probe::I8 { scale, codes } => {
                 assert_eq!(self.settings.dtype, DType::I8, "i8 codes score i8 rows only");
-                let bytes = self.row_data(row);
-                let row_scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                scale * row_scale * simd::dot_i8_i8(codes, &bytes[4..]) as f32
+                let (row_scale, row_codes) = i8_row(self.row_data(row));
+                scale * row_scale * simd::dot_i8_i8(codes, row_codes) as f32
             }
         }
     }
@@ -311,8 +316,8 @@ impl FlatIndex {
                 let bytes = &self.vectors[start * row_bytes..end * row_bytes];
                 buf.clear();
                 for row in bytes.chunks_exact(row_bytes) {
-                    let scale = f32::from_le_bytes(row[..4].try_into().unwrap());
-                    buf.extend(row[4..].iter().map(|&q| (q as i8) as f32 * scale));
+                    let (scale, codes) = i8_row(row);
+                    buf.extend(codes.iter().map(|&q| (q as i8) as f32 * scale));
                 }
                 buf
             }
