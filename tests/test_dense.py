@@ -73,7 +73,8 @@ def test_eager_attention_on_short_batches_changes_no_vector() -> None:
     fixed._switch_attention = False  # SDPA throughout
     assert switching._switch_attention, "a CPU encoder switches"
     np.testing.assert_allclose(switching.encode(texts), fixed.encode(texts), atol=1e-5)
-    assert switching._attention == "sdpa", "the long batch went back to SDPA"
+    attention = switching.model.config._attn_implementation
+    assert attention == "sdpa", "the long batch went back to SDPA"
 
 
 def test_bfloat16_encoder_is_close_to_float32() -> None:

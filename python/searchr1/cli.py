@@ -15,6 +15,7 @@ import click
 
 from searchr1 import __version__
 from searchr1.errors import SearchR1Error
+from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -200,7 +201,7 @@ def index_cmd(
 @click.option("--device", help="Encoder device for dense and hybrid search.")
 @click.option(
     "--encoder-dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(ENCODER_DTYPES),
     help="What the query encoder computes in [default: bfloat16 on a GPU, float32 on a CPU].",
 )
 @click.option("--exact", is_flag=True, help="Dense search over every vector, not the HNSW graph.")
@@ -266,7 +267,7 @@ def _serve_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
 @_serve_option("topk", type=click.IntRange(1))
 @_serve_option("mode", type=click.Choice(["bm25", "dense", "hybrid"]))
 @_serve_option("device")
-@_serve_option("encoder_dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+@_serve_option("encoder_dtype", type=click.Choice(ENCODER_DTYPES))
 @_serve_option("exact", is_flag=True)
 @_serve_option("max_topk", type=click.IntRange(1))
 @_serve_option("max_queries", type=click.IntRange(1))

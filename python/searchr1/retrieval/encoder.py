@@ -104,22 +104,20 @@ class Encoder:
             raise InputError(f"cannot load the encoder model {config.model!r}: {e}") from e
         self.model = model.to(self.device).eval()
         self.dim: int = int(self.model.config.hidden_size)
-        self._attention: str = self.model.config._attn_implementation
-        self._switch_attention = self.device.type == "cpu" and self._attention == "sdpa"
+        attention = self.model.config._attn_implementation
+        self._switch_attention = self.device.type == "cpu" and attention == "sdpa"
 
     def _use_attention(self, tokens: int) -> None:
         """Eager attention for a short CPU batch, SDPA for a long one (see
         ``EAGER_ATTENTION_UP_TO``); the two compute the same function."""
         want = "eager" if tokens <= EAGER_ATTENTION_UP_TO else "sdpa"
-        if not self._switch_attention or want == self._attention:
+        if not self._switch_attention or want == self.model.config._attn_implementation:
             return
         try:
             self.model.set_attn_implementation(want)
         except (AttributeError, ValueError, ImportError):
             # transformers < 5 (no set_attn_implementation), or a model with only one
             self._switch_attention = False
-            return
-        self._attention = want
 
     def encode(
         self, texts: list[str], kind: Literal["query", "passage"] = "query"
