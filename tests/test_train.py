@@ -289,25 +289,22 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
         assert shown == [(row["step"], pytest.approx(row["reward"])) for row in resumed]
 
 
-TORCHRUN_2 = ["--standalone", "--nproc-per-node=2"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fsdp", "algorithm"),
-    [(False, "grpo"), (True, "grpo"), (True, "ppo")],
-    ids=["replicas", "fsdp", "fsdp-ppo"],
+    ("fsdp", "algorithm", "ranks"),
+    [(False, "grpo", 2), (True, "grpo", 2), (True, "ppo", 2), (True, "grpo", 1)],
+    ids=["replicas", "fsdp", "fsdp-ppo", "fsdp-1rank"],
 )
-def test_two_gloo_ranks_match_one_process(
-    tiny_model_dir: Path, world: Path, tmp_path: Path, fsdp: bool, algorithm: str
+def test_gloo_ranks_match_one_process(
+    tiny_model_dir: Path, world: Path, tmp_path: Path, fsdp: bool, algorithm: str, ranks: int
 ) -> None:
-    """torchrun with 2 CPU ranks: the same metrics (losses, KL, entropy) as 1 process.
+    """torchrun with CPU ranks: the same metrics (losses, KL, entropy) as 1 process.
 
     Greedy rollouts make the responses independent of how the batch is split; the
     entropy bonus and the KL loss give every step a gradient to check the sync with.
     With FSDP2 the run is also cut after step 2 and resumed (sharded optimizer state
     through a checkpoint), and its final weights are those of the 1-process run (for
-    PPO, the critic's too).
+    PPO, the critic's too). One rank with FSDP2 is the code path of many GPUs on one.
     """
     config = small_config(
         tiny_model_dir,
@@ -327,14 +324,18 @@ def test_two_gloo_ranks_match_one_process(
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", *TORCHRUN_2, "-m", "searchr1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += [f"--nproc-per-node={ranks}", "-m", "searchr1"]
 
     def train(name: str, launcher: list[str], *args: str) -> Path:
         out = tmp_path / name
         cmd = [*launcher, "train", "--config", str(path), "--set", f"run.output_dir={out}"]
         done = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
+        layouts.append(done.stderr.partition("train: ")[2].partition("\n")[0])
         return out
+
+    layouts: list[str] = []
 
     one = train("one", [sys.executable, "-m", "searchr1"])
     sharding = ("--set", f"model.fsdp={str(fsdp).lower()}")
@@ -343,6 +344,10 @@ def test_two_gloo_ranks_match_one_process(
         train("two", torchrun, *sharding, "--resume")
     else:
         two = train("two", torchrun, *sharding)
+    rank_word = f"{ranks} torchrun rank{'s' if ranks > 1 else ''}"
+    shards = "FSDP2 shards" if fsdp else "full weights"
+    assert layouts[0] == "one process on cpu, full weights, fp32, hf engine"
+    assert set(layouts[1:]) == {f"{rank_word} on cpu, {shards}, fp32, hf engine"}
     runs = {"one": metrics_of(one), "two": metrics_of(two)}
     assert [r["step"] for r in runs["two"]] == [1, 2, 3]
     for a, b in zip(runs["one"], runs["two"], strict=True):

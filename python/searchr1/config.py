@@ -51,7 +51,8 @@ class ModelConfig:
         default=None,
         metadata={
             "help": "shard weights, gradients and optimizer state over torchrun ranks "
-            "with FSDP2 (null: on CUDA with more than one rank; false: full replicas)"
+            "with FSDP2 (null: on CUDA with more than one rank; true: under torchrun, "
+            "one rank included; false: full replicas)"
         },
     )
 

@@ -6,7 +6,8 @@ gathered batch (so GRPO groups, whitening and the like see exactly what one proc
 would); gradients are summed across ranks (:meth:`Dist.sum_grads`, or FSDP's
 reduce-scatter) with each micro-batch weighted by its share of the global tokens, so a
 step equals the one-process step on the same batch. NCCL on CUDA, gloo on the CPU.
-Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op.
+Without ``torchrun`` (``WORLD_SIZE`` unset) every function here is a no-op; a
+one-rank ``torchrun`` job still joins its process group, so FSDP2 can run there too.
 """
 
 from __future__ import annotations
@@ -29,19 +30,20 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    joined: bool = False  # in a torchrun job's process group (one rank included)
 
     @classmethod
     def init(cls, device: str) -> Dist:
         """Joins the ``torchrun`` job if there is one (``device``: cpu or cuda)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
             return cls()
+        world = int(os.environ["WORLD_SIZE"])
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
             if device.startswith("cuda"):
                 torch.cuda.set_device(local)
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(rank, world, local)
+        return cls(rank, world, local, joined=True)
 
     @property
     def is_main(self) -> bool:
@@ -114,7 +116,7 @@ class Dist:
 
     def close(self) -> None:
         """Leaves the job."""
-        if self.world > 1 and dist.is_initialized():
+        if self.joined and dist.is_initialized():
             dist.destroy_process_group()
 
     def _device(self) -> torch.device:

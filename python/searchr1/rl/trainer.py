@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -140,9 +141,10 @@ class Trainer:
                 self.critic.backbone.gradient_checkpointing_enable()  # type: ignore[operator]
         # FSDP2: the trained models are sharded; generation uses full weights (see fsdp.py).
         wanted = config.model.fsdp
-        self.fsdp = self.dist.world > 1 and (
-            self.device.type == "cuda" if wanted is None else wanted
-        )
+        if wanted is None:
+            self.fsdp = self.dist.world > 1 and self.device.type == "cuda"
+        else:  # asked for: also on one torchrun rank (the multi-GPU code path on one GPU)
+            self.fsdp = wanted and self.dist.joined
         self.rollout_model = self.actor
         if self.fsdp:
             if config.model.engine == "hf":
@@ -353,6 +355,15 @@ class Trainer:
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each value over ranks (each rank holds as many trajectories)."""
         return {k: v / self.dist.world for k, v in self.dist.sum_values(values).items()}
+
+    def layout(self) -> str:
+        """Where the step runs, in words: ranks, device, sharding, precision."""
+        ranks = f"{self.dist.world} torchrun rank{'s' if self.dist.world > 1 else ''}"
+        where = ranks if self.dist.joined else "one process"
+        shards = "FSDP2 shards" if self.fsdp else "full weights"
+        precision = "bf16 autocast" if self.autocast else "fp32"
+        engine = f"{self.config.model.engine} engine"
+        return f"{where} on {self.device.type}, {shards}, {precision}, {engine}"
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
@@ -629,6 +640,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         trainer.load(path)
     log = MetricsLog(config, trainer.step_no) if main else None
     run = config.run
+    if main:
+        print(f"train: {trainer.layout()}", file=sys.stderr)
     bar = tqdm(
         total=run.total_steps,
         initial=trainer.step_no,
