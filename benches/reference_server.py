@@ -103,11 +103,20 @@ class DenseFlat:
     ) -> None:
         import faiss
         import numpy as np
+        import torch
+        from transformers import AutoModel, AutoTokenizer
 
         from searchr1 import Retriever
+        from searchr1.retrieval.encoder import EncoderConfig
 
-        # The model the index records, its weights in `dtype` (Search-R1: `model.half()`).
-        self.encoder = Retriever.open(index, encoder_dtype=dtype).encoder
+        # The model the index records, loaded as Search-R1's `load_model` does (a plain
+        # AutoModel; not our Encoder, whose linears run on packed oneDNN weights on a
+        # CPU), its weights in `dtype` (Search-R1: `model.half()`), on the GPU if any.
+        self.config = EncoderConfig(**Retriever.open(index).manifest["dense"]["encoder"])
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        model = AutoModel.from_pretrained(self.config.model, dtype=getattr(torch, dtype))
+        self.model = model.to(self.device).eval()
         data = np.load(vectors)
         self.index = faiss.IndexFlatIP(data.shape[1])
         self.index.add(data)
@@ -124,16 +133,16 @@ class DenseFlat:
         out)."""
         import torch
 
-        enc, config = self.encoder, self.encoder.config
+        config = self.config
         with torch.no_grad():
-            inputs = enc.tokenizer(
+            inputs = self.tokenizer(
                 [config.query_prefix + q for q in queries],
                 max_length=config.max_length,
                 padding=True,
                 truncation=True,
                 return_tensors="pt",
-            ).to(enc.device)  # Search-R1: `inputs = {k: v.cuda() ...}`
-            hidden = enc.model(**inputs).last_hidden_state
+            ).to(self.device)  # Search-R1: `inputs = {k: v.cuda() ...}`
+            hidden = self.model(**inputs).last_hidden_state
             if config.pooling == "cls":
                 pooled = hidden[:, 0]
             else:

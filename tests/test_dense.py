@@ -77,6 +77,18 @@ def test_eager_attention_on_short_batches_changes_no_vector() -> None:
     assert attention == "sdpa", "the long batch went back to SDPA"
 
 
+def test_cpu_encoder_packs_its_linears_and_changes_no_vector() -> None:
+    import torch
+
+    texts = ["the capital of France", "Who wrote Dune?", "word " * 40]
+    config = EncoderConfig.for_model(MODEL)
+    packed, plain = Encoder(config, device="cpu"), Encoder(config, device="cpu", pack=False)
+    assert plain.packed_linears == 0
+    if torch.backends.mkldnn.is_available():
+        assert packed.packed_linears == 6 * 6 + 1  # six per layer, and the pooler
+    np.testing.assert_allclose(packed.encode(texts), plain.encode(texts), atol=1e-5)
+
+
 def test_bfloat16_encoder_is_close_to_float32() -> None:
     texts = ["the capital of France", "Who wrote Dune?", "a river in Africa", "word " * 40]
     config = EncoderConfig.for_model(MODEL)

@@ -75,7 +75,10 @@ class Encoder:
     ``dtype`` is what the model computes in: bfloat16 on a GPU by default (Search-R1
     encodes in fp16 there), float32 on a CPU. bfloat16 on a CPU is fast only where the
     CPU multiplies bf16 natively (AVX512-BF16 or AMX): there MiniLM encodes queries 1.6x
-    faster, each vector within cosine 0.9998 of float32's (benches/README.md).
+    faster, each vector within cosine 0.9998 of float32's (benches/README.md). On a
+    CPU the linear layers run on weights packed once for oneDNN, in float32 or bfloat16
+    (:mod:`searchr1.retrieval.onednn`; 1.1-1.25x the queries/s, the same vectors to
+    rounding); ``pack=False`` keeps the model as loaded.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Encoder:
         device: str | None = None,
         dtype: str | None = None,
         batch_size: int = 64,
+        pack: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -104,6 +108,13 @@ class Encoder:
             raise InputError(f"cannot load the encoder model {config.model!r}: {e}") from e
         self.model = model.to(self.device).eval()
         self.dim: int = int(self.model.config.hidden_size)
+        #: How many linear layers run on packed oneDNN weights (on a CPU, in float32 or
+        #: bfloat16, unless ``pack`` is false; see :mod:`searchr1.retrieval.onednn`).
+        self.packed_linears = 0
+        if self.device.type == "cpu" and pack:
+            from searchr1.retrieval.onednn import pack_linears
+
+            self.packed_linears = pack_linears(self.model)
         attention = self.model.config._attn_implementation
         self._switch_attention = self.device.type == "cpu" and attention == "sdpa"
 
