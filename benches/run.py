@@ -18,6 +18,11 @@ import bench_stop
 import bench_train
 from common import machine
 
+#: The dense server comparison: its encoder in float32 and in bfloat16 on both sides
+#: (Search-R1's server encodes in fp16), under the load of benches/README.md's runs.
+DENSE_SERVER = ["--dense", "--engines", "", "--clients", "8", "--requests", "4"]
+DENSE_SERVER += ["--encoder-dtypes", "float32,bfloat16"]
+
 
 def main() -> None:
     results = {
@@ -30,6 +35,7 @@ def main() -> None:
         "bm25": bench_bm25.main([]),
         "dense": bench_dense.main([]),
         "server": bench_server.main([]),
+        "server_dense": bench_server.main(DENSE_SERVER),
     }
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
