@@ -14,12 +14,15 @@
 #   GPU_STAGES   which of the stages to run, e.g. "1 3" (default: "1 2 3")
 #   GPU_SERVER_ENCODER  stage 1's encoder directory (default: all-MiniLM-L6-v2)
 #   GPU_SERVER_ARGS     more options for bench_server.py
+#   PYTHON       the interpreter (default: .venv/bin/python if there, else python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-bench-results/gpu}
 THREADS=${GPU_THREADS:-$(nproc)}
 STAGES=${GPU_STAGES:-1 2 3}
-PY=${PYTHON:-python3}
+DEFAULT_PY=python3
+[[ -x .venv/bin/python ]] && DEFAULT_PY=.venv/bin/python
+PY=${PYTHON:-$DEFAULT_PY}
 mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 failed=()
@@ -37,14 +40,17 @@ stage() {  # stage N NAME SECONDS CMD...: runs CMD under a time limit, logs to L
 }
 
 train_fsdp() {
+    set -o pipefail
     local out
     out=$(mktemp -d)/fsdp-run  # checkpoints stay out of the logs
     local cmd=("$PY" -m torch.distributed.run --standalone --nproc-per-node=1 -m searchr1 train
         --config configs/toy.yaml --set model.device=cuda --set model.fsdp=true
         --set run.output_dir="$out" --set run.save_every=2 --set run.eval_every=2
         --set run.progress=false)
-    "${cmd[@]}" --set run.total_steps=2 || return
-    "${cmd[@]}" --set run.total_steps=4 --resume || return
+    "${cmd[@]}" --set run.total_steps=2 2>&1 | tee "$out.log" || return
+    "${cmd[@]}" --set run.total_steps=4 --resume 2>&1 | tee -a "$out.log" || return
+    local want="train: 1 torchrun rank on cuda, FSDP2 shards, bf16 autocast, hf engine"
+    [[ $(grep -c "^$want\$" "$out.log") == 2 ]] || { echo "not both runs said: $want"; return 1; }
     "$PY" - "$out" <<'EOF'
 import json, math, sys
 rows = [json.loads(line) for line in open(f"{sys.argv[1]}/metrics.jsonl")]
