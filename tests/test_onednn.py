@@ -59,6 +59,14 @@ def test_packed_bert_computes_what_it_did() -> None:
 
 
 @needs_onednn
+def test_packing_leaves_the_global_rng_alone() -> None:
+    model = tiny_bert()
+    state = torch.get_rng_state()
+    assert pack_linears(model) == 13
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@needs_onednn
 def test_tanh_gelu_is_not_fused() -> None:
     model = tiny_bert(hidden_act="gelu_new")  # the tanh approximation: oneDNN's differs
     before = hidden(model)

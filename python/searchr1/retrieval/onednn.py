@@ -101,8 +101,11 @@ def _exact_gelu(module: object) -> bool:
 
 
 def _check(linear: nn.Linear, packed: PackedLinear) -> None:
-    """``packed`` computes what ``linear`` (and its GELU) does, on a few random rows."""
-    x = torch.randn(3, linear.in_features, dtype=linear.weight.dtype)
+    """``packed`` computes what ``linear`` (and its GELU) does, on a few random rows (from
+    a generator of its own: loading an encoder mid-run leaves torch's global RNG, and so
+    a resumed run's sampling, as it was)."""
+    rows = torch.Generator().manual_seed(0)
+    x = torch.randn(3, linear.in_features, generator=rows).to(linear.weight.dtype)
     with torch.no_grad():
         want = linear(x)
         if packed.gelu:
