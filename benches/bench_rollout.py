@@ -188,16 +188,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         # Each side a warm-up, then `repeats` timed runs in turn; the median time counts
         # (the decoding is greedy, so every run decodes the same tokens).
-        sides = {"exact": engine, "posthoc": PostHocEngine(engine)}
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
-        for _ in range(args.repeats + 1):
-            for name, wrapped in sides.items():
-                runs[name].append(rollout_side(engine, wrapped, retriever, prompts, config))
-        timed = {name: r[1:] for name, r in runs.items()}
-        exact, posthoc = (
-            timed[name][0] | {"seconds": statistics.median(r["seconds"] for r in timed[name])}
-            for name in ("exact", "posthoc")
+        timings = timed_in_turn(
+            {
+                "exact": lambda: rollout_side(engine, engine, retriever, prompts, config),
+                "posthoc": lambda: rollout_side(
+                    engine, PostHocEngine(engine), retriever, prompts, config
+                ),
+            },
+            args.repeats,
         )
+        exact, posthoc = (result | {"seconds": sec} for sec, result in timings.values())
         same = sum(a == b for a, b in zip(exact["responses"], posthoc["responses"], strict=True))
         for side, r in (("exact", exact), ("posthoc", posthoc)):
             results[side] = {k: r[k] for k in ("seconds", "tokens", "row_steps")}
@@ -246,16 +246,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def timed_in_turn(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, Any]]:
     """Each of ``fns`` called once to warm up, then ``repeats`` times in turn: the median
-    seconds of each, and its last result."""
-    out = {name: (0.0, fn()) for name, fn in fns.items()}
+    seconds of each, and its last result (in the order of ``fns``)."""
+    last = {name: fn() for name, fn in fns.items()}
     seconds: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            result = fn()
+            last[name] = fn()
             seconds[name].append(time.perf_counter() - start)
-            out[name] = (statistics.median(seconds[name]), result)
-    return out
+    return {name: (statistics.median(seconds[name]), last[name]) for name in fns}
 
 
 def decode_side(

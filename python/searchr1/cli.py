@@ -101,7 +101,7 @@ def parse_action_cmd(text: str | None) -> None:
     type=click.Choice(["f32", "f16", "i8"]),
     help="The vectors the HNSW walk reads: the stored ones when alike, else a copy in "
     "this dtype whose candidates are re-scored exactly against the stored vectors. i8 "
-    "is a quarter of f32's memory to walk, scored in integers (1.34-1.38x faiss HNSW's "
+    "is a quarter of f32's memory to walk, scored in integers (1.09-1.62x faiss HNSW's "
     "queries/s at recall 0.95 on 2 cores; benches/README.md).",
 )
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
