@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from searchr1 import InputError, RemoteRetriever, RetrievalError, Retriever
-from searchr1.retrieval.server import Metrics, MicroBatcher, RetrieveRequest
+from searchr1.retrieval.server import Metrics, MicroBatcher
+from searchr1.retrieval.wire import RetrieveRequest, to_document
 
 WORDS = [
     *("river", "city", "founded", "king", "queen", "war", "peace", "north", "south", "bridge"),
@@ -148,7 +149,7 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def as_search_r1(hits: list[Any], return_scores: bool = True) -> list[dict[str, Any]]:
-    return [h.to_search_r1(return_scores) for h in hits]
+    return [to_document(h, return_scores) for h in hits]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """:class:`RemoteRetriever`: the :meth:`Retriever.search` of a server, over HTTP.
 
 It talks Search-R1's ``POST /retrieve`` (``searchr1 serve``, or Search-R1's own
-retrieval server), keeps a small pool of keep-alive connections so concurrent threads
-do not reconnect per call, retries failed attempts with exponential backoff, and raises
+retrieval server) in the format of :mod:`searchr1.retrieval.wire`, keeps a small pool
+of keep-alive connections so concurrent threads do not reconnect per call, retries
+failed attempts with exponential backoff, and raises
 :class:`~searchr1.errors.RetrievalError` with a message that says what went wrong when
 the server is down, refuses the request, or answers something else. Only the standard
 library is used.
@@ -22,6 +23,14 @@ from urllib.parse import urlsplit
 
 from searchr1.errors import InputError, RetrievalError
 from searchr1.retrieval.index import MODES, Hit, check_queries
+from searchr1.retrieval.wire import (
+    MalformedResponse,
+    error_message,
+    excerpt,
+    json_type,
+    parse_response,
+    request_body,
+)
 
 __all__ = ["RemoteRetriever"]
 
@@ -118,15 +127,19 @@ class RemoteRetriever:
             return []
         if k == 0:
             return [[] for _ in queries]
-        body = json.dumps({"queries": queries, "topk": k, "return_scores": True}).encode()
-        answer = self._call("POST", "/retrieve", body)
-        return _parse_result(answer, len(queries), self.url)
+        answer = self._call("POST", "/retrieve", request_body(queries, k))
+        try:
+            return parse_response(answer, len(queries))
+        except MalformedResponse as e:
+            raise RetrievalError(
+                f"{self.url}/retrieve answered something that is not a result: {e}"
+            ) from None
 
     def health(self) -> dict[str, Any]:
         """The server's ``GET /health`` answer: its mode, index size and limits."""
         answer = self._call("GET", "/health", None)
         if not isinstance(answer, dict):
-            raise RetrievalError(f"{self.url}/health answered {_type_name(answer)}, not an object")
+            raise RetrievalError(f"{self.url}/health answered {json_type(answer)}, not an object")
         return answer
 
     def _check_mode(self, mode: str) -> None:
@@ -192,10 +205,10 @@ class RemoteRetriever:
                         return json.loads(data)
                     except ValueError:
                         raise RetrievalError(
-                            f"{url} answered 200 with a body that is not JSON: {_excerpt(data)}",
+                            f"{url} answered 200 with a body that is not JSON: {excerpt(data)}",
                             status,
                         ) from None
-                message = _error_message(data)
+                message = error_message(data)
                 if status not in RETRY_STATUSES:
                     raise RetrievalError(f"{url} refused the request ({status}): {message}", status)
                 last = f"status {status}: {message}"
@@ -210,73 +223,7 @@ class RemoteRetriever:
             attempt += 1
 
 
-def _parse_result(answer: Any, n: int, url: str) -> list[list[Hit]]:
-    """Hits from a ``/retrieve`` answer for ``n`` queries, or a RetrievalError."""
-
-    def garbage(what: str) -> RetrievalError:
-        return RetrievalError(f"{url}/retrieve answered something that is not a result: {what}")
-
-    if not isinstance(answer, dict) or "result" not in answer:
-        raise garbage(f'expected an object with "result", got {_excerpt(answer)}')
-    rows = answer["result"]
-    if not isinstance(rows, list) or len(rows) != n:
-        got = f"{len(rows)} rows" if isinstance(rows, list) else _type_name(rows)
-        raise garbage(f"expected a list of {n} rows (one per query), got {got}")
-    out: list[list[Hit]] = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, list):
-            raise garbage(f"result[{i}] is {_type_name(row)}, not a list")
-        hits = []
-        for j, item in enumerate(row):
-            try:
-                hits.append(_hit(item))
-            except (KeyError, TypeError, ValueError):
-                raise garbage(f"result[{i}][{j}] is {_excerpt(item)}") from None
-        out.append(hits)
-    return out
-
-
-def _hit(item: Any) -> Hit:
-    """A Hit from ``{"document": {...}, "score": float}`` (the score is optional)."""
-    doc = item["document"]
-    contents = doc.get("contents")
-    if contents is None:  # Search-R1's BM25 server sends title and text as well
-        contents = f'"{doc["title"]}"\n{doc["text"]}'
-    if not isinstance(contents, str):
-        raise TypeError("contents must be a string")
-    score = item.get("score", float("nan"))
-    if not isinstance(score, (int, float)) or isinstance(score, bool):
-        raise TypeError("score must be a number")
-    return Hit(str(doc.get("id", "")), float(score), contents)
-
-
-def _error_message(data: bytes) -> str:
-    """The server's ``{"error": ...}`` message, else the start of the body."""
-    try:
-        message = json.loads(data)["error"]
-        if isinstance(message, str):
-            return message
-    except (ValueError, KeyError, TypeError):
-        pass
-    return _excerpt(data)
-
-
 def _describe(e: BaseException) -> str:
     if isinstance(e, socket.timeout | TimeoutError):
         return "timed out"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _excerpt(value: object, limit: int = 120) -> str:
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", "replace")
-    elif isinstance(value, str):
-        text = value
-    else:
-        text = json.dumps(value, default=str)
-    text = text.strip() or "(empty)"
-    return repr(text[:limit] + ("…" if len(text) > limit else ""))

@@ -1,10 +1,9 @@
 """The retrieval HTTP server: Search-R1's ``POST /retrieve``, micro-batched.
 
-``POST /retrieve`` takes ``{"queries": [str], "topk": int | null, "return_scores": bool}``
-and answers ``{"result": [[{"document": {"id", "contents"}, "score"}, …] per query]}``
-(no ``"score"`` when ``return_scores`` is false), as Search-R1's retrieval server does.
-``GET /health`` says the server is up and what it serves; ``GET /metrics`` is Prometheus
-text (requests by status, latency, micro-batch sizes, errors).
+``POST /retrieve`` speaks Search-R1's wire format (:mod:`searchr1.retrieval.wire`
+parses the requests and writes the answers). ``GET /health`` says the server is up and
+what it serves; ``GET /metrics`` is Prometheus text (requests by status, latency,
+micro-batch sizes, errors).
 
 Concurrent requests are **micro-batched**: a collector task gathers the queries of the
 requests that arrive while the previous batch runs (and up to ``max_wait_ms`` after the
@@ -38,7 +37,14 @@ from typing import TYPE_CHECKING
 
 from searchr1.errors import InputError
 from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
-from searchr1.retrieval.index import MODES, Hit, Retriever
+from searchr1.retrieval.index import MODES, Retriever
+from searchr1.retrieval.wire import (
+    ApiError,
+    RetrieveRequest,
+    error_body,
+    parse_request,
+    response_body,
+)
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -46,16 +52,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = [
-    "ApiError",
-    "Metrics",
-    "MicroBatcher",
-    "RetrieveRequest",
-    "ServerConfig",
-    "create_app",
-    "parse_retrieve",
-    "serve",
-]
+__all__ = ["Metrics", "MicroBatcher", "ServerConfig", "create_app", "serve"]
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -154,113 +151,6 @@ class ServerConfig:
             raise InputError(
                 f"shutdown_timeout_s must be at least 1, not {self.shutdown_timeout_s}"
             )
-
-
-# --------------------------------------------------------------------------- requests
-
-
-class ApiError(Exception):
-    """A request the server refuses: HTTP ``status``, a message for the client, and the
-    ``reason`` label it is counted under in ``searchr1_errors_total``."""
-
-    def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class RetrieveRequest:
-    """A validated ``/retrieve`` body."""
-
-    queries: list[str]
-    topk: int
-    return_scores: bool
-
-
-def _type_name(value: object) -> str:
-    names = {dict: "object", list: "list", str: "str", bool: "bool", int: "int", float: "float"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def parse_retrieve(body: bytes, config: ServerConfig) -> RetrieveRequest:
-    """Validates a ``/retrieve`` body against ``config``'s limits.
-
-    Raises :class:`ApiError`: 400 when the body is not UTF-8 JSON, 422 when it is JSON
-    of the wrong shape (the message names the field, e.g. ``queries[2] is int, not str``),
-    413 when it holds more queries than ``config.max_queries``.
-    """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ApiError(
-            400,
-            f"the body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})",
-            "bad_utf8",
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ApiError(400, f"the body is not valid JSON: {e}", "bad_json") from None
-    except RecursionError:
-        raise ApiError(400, "the body is not valid JSON: nested too deeply", "bad_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, f"the body must be a JSON object, not {_type_name(data)}", "invalid")
-    if "queries" not in data:
-        raise ApiError(422, 'missing field "queries" (a list of strings)', "invalid")
-    queries = data["queries"]
-    if not isinstance(queries, list):
-        raise ApiError(422, f'"queries" is {_type_name(queries)}, not a list of strings', "invalid")
-    if not queries:
-        raise ApiError(422, '"queries" is empty; send at least one query', "invalid")
-    if len(queries) > config.max_queries:
-        raise ApiError(
-            413,
-            f"{len(queries)} queries exceed the limit of {config.max_queries} per request "
-            "(--max-queries); split them over several requests",
-            "too_many_queries",
-        )
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise ApiError(422, f"queries[{i}] is {_type_name(q)}, not str", "invalid")
-        if not q.strip() and not config.allow_empty_queries:
-            raise ApiError(
-                422,
-                f"queries[{i}] is {'empty' if not q else 'blank'} (--allow-empty-queries "
-                "lets the server search it)",
-                "invalid",
-            )
-        if not q.isascii():
-            try:
-                q.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(
-                    422, f"queries[{i}] holds a lone surrogate (\\ud800-\\udfff)", "invalid"
-                ) from None
-    topk = data.get("topk")
-    if topk is None:
-        topk = config.topk
-    elif not isinstance(topk, int) or isinstance(topk, bool):
-        raise ApiError(422, f'"topk" is {_type_name(topk)}, not an integer', "invalid")
-    elif topk < 1:
-        raise ApiError(422, f'"topk" must be at least 1, got {topk}', "invalid")
-    elif topk > config.max_topk:
-        raise ApiError(
-            422, f"topk {topk} exceeds the limit of {config.max_topk} (--max-topk)", "invalid"
-        )
-    return_scores = data.get("return_scores", False)
-    if not isinstance(return_scores, bool):
-        raise ApiError(
-            422, f'"return_scores" is {_type_name(return_scores)}, not true or false', "invalid"
-        )
-    return RetrieveRequest(queries, topk, return_scores)
-
-
-def response_body(rows: Sequence[Sequence[Hit]], return_scores: bool) -> bytes:
-    """The ``/retrieve`` answer for ``rows`` (one list of hits per query), as JSON bytes."""
-    result = [[hit.to_search_r1(return_scores) for hit in row] for row in rows]
-    return json.dumps({"result": result}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 # --------------------------------------------------------------------------- metrics
@@ -568,7 +458,7 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
     from searchr1 import __version__
 
     def error(status: int, message: str) -> Response:
-        return Response(json.dumps({"error": message}), status, media_type=JSON)
+        return Response(error_body(message), status, media_type=JSON)
 
     mode = resolve_mode(retriever, config.mode)
     metrics = Metrics()
@@ -620,7 +510,7 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
     async def retrieve(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            parsed = parse_retrieve(await read_body(request), config)
+            parsed = parse_request(await read_body(request), config)
             assert batcher is not None, "the lifespan starts the batcher before requests"
             body = await batcher.submit(parsed)
         except ApiError as e:
