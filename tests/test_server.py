@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from searchr1 import InputError, RemoteRetriever, RetrievalError, Retriever
-from searchr1.retrieval.server import Metrics, MicroBatcher
+from searchr1.retrieval.metrics import Metrics
+from searchr1.retrieval.server import MicroBatcher
 from searchr1.retrieval.wire import RetrieveRequest, to_document
 
 WORDS = [
@@ -368,6 +369,26 @@ def test_micro_batcher_groups_and_splits() -> None:
     assert isinstance(results[5], ValueError)
     # Whole requests, at most 5 queries a batch unless one request alone is larger.
     assert calls == [[2, 3], [1], [9], [1, 1]]
+
+
+def test_metrics_render_prometheus_text() -> None:
+    m = Metrics()
+    for seconds in (0.0005, 0.003, 0.003, 60):
+        m.latency.observe(seconds)
+    m.errors.inc("bad_json")
+    m.errors.inc("bad_json")
+    m.requests.inc("/retrieve", "200", by=3)
+    m.pending = lambda: 7
+    lines = m.render().decode().splitlines()
+    assert 'searchr1_request_seconds_bucket{le="0.001"} 1' in lines
+    assert 'searchr1_request_seconds_bucket{le="0.005"} 3' in lines  # cumulative
+    assert 'searchr1_request_seconds_bucket{le="30"} 3' in lines
+    assert 'searchr1_request_seconds_bucket{le="+Inf"} 4' in lines
+    assert "searchr1_request_seconds_count 4" in lines
+    assert 'searchr1_errors_total{reason="bad_json"} 2' in lines
+    assert 'searchr1_requests_total{endpoint="/retrieve",status="200"} 3' in lines
+    assert "searchr1_queries_total 0" in lines and "searchr1_pending_queries 7" in lines
+    assert "# TYPE searchr1_batch_seconds histogram" in lines
 
 
 # ---------------------------------------------------------------- RemoteRetriever

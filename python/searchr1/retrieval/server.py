@@ -2,8 +2,8 @@
 
 ``POST /retrieve`` speaks Search-R1's wire format (:mod:`searchr1.retrieval.wire`
 parses the requests and writes the answers). ``GET /health`` says the server is up and
-what it serves; ``GET /metrics`` is Prometheus text (requests by status, latency,
-micro-batch sizes, errors).
+what it serves; ``GET /metrics`` is Prometheus text (:mod:`searchr1.retrieval.metrics`:
+requests by status, latency, micro-batch sizes, errors).
 
 Concurrent requests are **micro-batched**: a collector task gathers the queries of the
 requests that arrive while the previous batch runs (and up to ``max_wait_ms`` after the
@@ -27,9 +27,8 @@ import math
 import signal
 import threading
 import time
-from bisect import bisect_left
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING
 from searchr1.errors import InputError
 from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
 from searchr1.retrieval.index import MODES, Retriever
+from searchr1.retrieval.metrics import PROMETHEUS, Instrumented, Metrics
 from searchr1.retrieval.wire import (
     ApiError,
     RetrieveRequest,
@@ -50,14 +50,13 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import ASGIApp
 
-__all__ = ["Metrics", "MicroBatcher", "ServerConfig", "create_app", "serve"]
+__all__ = ["MicroBatcher", "ServerConfig", "create_app", "serve"]
 
 logger = logging.getLogger("uvicorn.error")
 
 JSON = "application/json"
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 ENDPOINTS = ("/retrieve", "/health", "/metrics")
 
 
@@ -151,138 +150,6 @@ class ServerConfig:
             raise InputError(
                 f"shutdown_timeout_s must be at least 1, not {self.shutdown_timeout_s}"
             )
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-class _Histogram:
-    """A Prometheus histogram: cumulative counts at fixed upper bounds, sum and count."""
-
-    def __init__(self, name: str, help: str, buckets: Sequence[float]) -> None:
-        self.name, self.help, self.buckets = name, help, list(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        total = 0
-        for bound, n in zip([*self.buckets, math.inf], self.counts, strict=True):
-            total += n
-            le = "+Inf" if bound == math.inf else f"{bound:g}"
-            lines.append(f'{self.name}_bucket{{le="{le}"}} {total}')
-        lines += [f"{self.name}_sum {self.sum:.6g}", f"{self.name}_count {self.count}"]
-        return lines
-
-
-class _Counter:
-    """A Prometheus counter with labels."""
-
-    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.labels = name, help, tuple(labels)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *label_values: str, by: float = 1) -> None:
-        self.values[label_values] = self.values.get(label_values, 0) + by
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        if not self.labels:
-            lines.append(f"{self.name} {self.values.get((), 0):g}")
-        for values, n in sorted(self.values.items()):
-            if values:
-                pairs = ",".join(f'{k}="{v}"' for k, v in zip(self.labels, values, strict=True))
-                lines.append(f"{self.name}{{{pairs}}} {n:g}")
-        return lines
-
-
-class Metrics:
-    """What ``GET /metrics`` reports. Updated on the event loop's thread only."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.requests = _Counter(
-            "searchr1_requests_total", "HTTP requests answered.", ("endpoint", "status")
-        )
-        self.errors = _Counter(
-            "searchr1_errors_total",
-            "Requests that failed, by reason (bad_json, bad_utf8, body_too_large, body_timeout, "
-            "too_many_queries, invalid, not_found, method_not_allowed, disconnected, internal).",
-            ("reason",),
-        )
-        self.queries = _Counter("searchr1_queries_total", "Queries answered.")
-        self.latency = _Histogram(
-            "searchr1_request_seconds",
-            "Time from receiving a /retrieve request to handing back its answer.",
-            [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-        )
-        sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-        self.batch_queries = _Histogram(
-            "searchr1_batch_queries", "Queries (repeats too) answered by one micro-batch.", sizes
-        )
-        self.batch_requests = _Histogram(
-            "searchr1_batch_requests", "Requests answered by one micro-batch.", sizes
-        )
-        self.batch_seconds = _Histogram(
-            "searchr1_batch_seconds",
-            "Time one micro-batch takes to search (and encode) on the search thread.",
-            [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-        )
-        self.pending: Callable[[], int] = lambda: 0
-
-    def render(self) -> bytes:
-        lines: list[str] = []
-        for metric in (
-            self.requests,
-            self.errors,
-            self.queries,
-            self.latency,
-            self.batch_queries,
-            self.batch_requests,
-            self.batch_seconds,
-        ):
-            lines += metric.render()
-        lines += [
-            "# HELP searchr1_pending_queries Queries waiting for the search thread now.",
-            "# TYPE searchr1_pending_queries gauge",
-            f"searchr1_pending_queries {self.pending()}",
-            "# HELP searchr1_start_time_seconds When the server started (Unix time).",
-            "# TYPE searchr1_start_time_seconds gauge",
-            f"searchr1_start_time_seconds {self.started:.3f}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
-
-
-class _Instrumented:
-    """ASGI wrapper that counts every HTTP response by endpoint and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_and_see(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_see)
-        finally:
-            path = scope["path"] if scope["path"] in ENDPOINTS else "other"
-            self.metrics.requests.inc(path, str(status))
 
 
 # --------------------------------------------------------------------------- batching
@@ -570,7 +437,7 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-    return _Instrumented(app, metrics)
+    return Instrumented(app, metrics, ENDPOINTS)
 
 
 @contextlib.contextmanager
