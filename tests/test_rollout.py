@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import re
+import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from searchr1 import Hit, Retriever
+from searchr1 import Hit, RemoteRetriever, Retriever
+from searchr1.retrieval.wire import response_body
 from searchr1.rollout import (
     INVALID_ACTION,
     HFEngine,
@@ -218,18 +224,13 @@ def test_sampling_config_rejects_nonsense() -> None:
 class FakeRetriever:
     """Answers every query with documents naming it; records each batched call."""
 
-    def __init__(
-        self, k_docs: int | None = None, fail: int = 0, hang: threading.Event | None = None
-    ):
+    def __init__(self, k_docs: int | None = None, fail: int = 0):
         self.calls: list[list[str]] = []
         self.k_docs = k_docs
         self.fail = fail
-        self.hang = hang
 
     def search(self, queries: list[str], k: int = 3) -> list[list[Hit]]:
         self.calls.append(list(queries))
-        if self.hang is not None:
-            self.hang.wait(10)
         if self.fail:
             self.fail -= 1
             raise ConnectionError("retriever down")
@@ -366,41 +367,97 @@ def test_length_cap(tokenizer: Any) -> None:
     assert at_cap.batch.last_index[0] == -1
 
 
-def test_a_failing_retriever_is_retried_then_reported(tokenizer: Any) -> None:
-    replies = {"q": ["<search> x </search>", "<answer> y </answer>"]}
-    config = RolloutConfig(search_retries=2, retry_backoff=0.0)
-    flaky = FakeRetriever(fail=2)
-    ok = run_rollouts(
-        scripted(tokenizer, replies), flaky, tokenize_prompts(tokenizer, ["q"]), config
+def test_a_failing_search_is_called_once_and_reported(tokenizer: Any) -> None:
+    replies = {"q": ["<search> x </search>", "<search> x </search>", "<answer> y </answer>"]}
+    flaky = FakeRetriever(fail=1)
+    result = run_rollouts(scripted(tokenizer, replies), flaky, tokenize_prompts(tokenizer, ["q"]))
+    # One call per turn: the failed turn is not retried by the loop.
+    assert flaky.calls == [["x"], ["x"]]
+    stats = result.stats[0]
+    assert (stats.searches, stats.search_failures, stats.finished) == (2, 1, True)
+    failed, found = result.responses[0].split("<information>")[1:]
+    assert failed.startswith(
+        "The search engine failed (ConnectionError: retriever down); no documents"
     )
-    assert len(flaky.calls) == 3 and ok.stats[0].search_failures == 0
-    assert "Doc 1(Title:" in ok.responses[0]
+    assert found.startswith("Doc 1(Title:")
+    assert result.metrics()["search_failures"] == 1.0
 
-    down = FakeRetriever(fail=100)
-    bad = run_rollouts(
-        scripted(tokenizer, replies), down, tokenize_prompts(tokenizer, ["q"]), config
-    )
-    assert len(down.calls) == 3
-    assert bad.stats[0].search_failures == 1 and bad.stats[0].finished
-    assert "The search engine failed (ConnectionError: retriever down)" in bad.responses[0]
-    assert bad.metrics()["search_failures"] == 1.0
+    nothing = run_rollouts(scripted(tokenizer, replies), None, tokenize_prompts(tokenizer, ["q"]))
+    assert nothing.stats[0].search_failures == 2
+    assert "The search engine failed (no retriever was given)" in nothing.responses[0]
 
 
-def test_a_hanging_retriever_times_out(tokenizer: Any) -> None:
-    release = threading.Event()
-    replies = {"q": ["<search> x </search>", "<answer> y </answer>"]}
-    config = RolloutConfig(search_retries=0, search_timeout=0.2)
+@contextlib.contextmanager
+def http_server(statuses: list[int]) -> Iterator[tuple[str, list[Any]]]:
+    """A stand-in retrieval server: the n-th request gets ``statuses[n]`` (the last one
+    from then on), a 200 answering every query with one document. Yields its URL and the
+    requests it received (decoded)."""
+    seen: list[Any] = []
+
+    class Handle(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(request)
+            status = statuses[min(len(seen), len(statuses)) - 1]
+            rows = [[Hit(q, 1.0, f'"{q}"\nabout {q}')] for q in request["queries"]]
+            body = response_body(rows, True) if status == 200 else b'{"error": "busy"}'
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handle)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
     try:
-        result = run_rollouts(
-            scripted(tokenizer, replies),
-            FakeRetriever(hang=release),
-            tokenize_prompts(tokenizer, ["q"]),
-            config,
-        )
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
     finally:
-        release.set()
-    assert result.stats[0].search_failures == 1
-    assert "TimeoutError" in result.responses[0]
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_remote_search_is_retried_by_the_client_alone(tokenizer: Any) -> None:
+    replies = {"q": ["<search> x </search>", "<answer> y </answer>"]}
+    prompts = tokenize_prompts(tokenizer, ["q"])
+    with (
+        http_server([503, 503, 200]) as (url, seen),
+        RemoteRetriever(url, retries=2, backoff=0) as remote,
+    ):
+        ok = run_rollouts(scripted(tokenizer, replies), remote, prompts)
+    assert len(seen) == 3 and ok.stats[0].search_failures == 0
+    assert 'Doc 1(Title: "x") about x' in ok.responses[0]
+
+    # Down for good: 3 requests in all (1 + 2 retries), not retries nested in retries.
+    with (
+        http_server([503]) as (url, seen),
+        RemoteRetriever(url, retries=2, backoff=0) as remote,
+    ):
+        down = run_rollouts(scripted(tokenizer, replies), remote, prompts)
+    assert len(seen) == 3
+    assert down.stats[0].search_failures == 1 and down.stats[0].finished
+    assert "The search engine failed (RetrievalError: " in down.responses[0]
+    assert "after 3 attempts (last: status 503: busy)" in down.responses[0]
+
+
+def test_a_search_that_times_out_is_reported(tokenizer: Any) -> None:
+    replies = {"q": ["<search> x </search>", "<answer> y </answer>"]}
+    with socket.socket() as listener:  # accepts connections into its backlog, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with RemoteRetriever(url, timeout=0.2, retries=0) as remote:
+            result = run_rollouts(
+                scripted(tokenizer, replies), remote, tokenize_prompts(tokenizer, ["q"])
+            )
+    assert result.stats[0].search_failures == 1 and result.stats[0].finished
+    assert "(last: timed out)" in result.responses[0]
+    assert "The search engine failed (RetrievalError: " in result.responses[0]
 
 
 def test_every_search_of_a_turn_goes_in_one_call(tokenizer: Any) -> None:
@@ -417,7 +474,7 @@ def test_every_search_of_a_turn_goes_in_one_call(tokenizer: Any) -> None:
 
 
 def test_rollout_config_checks() -> None:
-    for bad in ({"max_turns": -1}, {"max_obs_length": 0}, {"search_timeout": 0}, {"topk": 0}):
+    for bad in ({"max_turns": -1}, {"max_obs_length": 0}, {"max_length": 0}, {"topk": 0}):
         with pytest.raises(ValueError):
             RolloutConfig(**bad)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ The server runs as a subprocess on a free loopback port, exactly as a user start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import http.server
 import json
@@ -431,6 +432,33 @@ def test_remote_retriever_when_the_server_is_down() -> None:
         pytest.raises(RetrievalError, match=r"after 3 attempts \(last: ConnectionRefusedError"),
     ):
         remote.search(["river"])
+
+
+def test_remote_retriever_times_out_each_attempt() -> None:
+    with socket.socket() as listener:  # connections wait in its backlog, never answered
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with (
+            RemoteRetriever(url, timeout=0.2, retries=1, backoff=0) as remote,
+            pytest.raises(RetrievalError, match=r"after 2 attempts \(last: timed out\)"),
+        ):
+            remote.search(["river"])
+        listener.setblocking(False)
+        attempts = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                listener.accept()[0].close()
+                attempts += 1
+    assert attempts == 2
+
+
+def test_remote_retriever_rejects_bad_settings() -> None:
+    for bad in ({"timeout": 0}, {"retries": -1}, {"backoff": -0.5}, {"pool_size": 0}):
+        with pytest.raises(InputError, match="timeout must be positive"):
+            RemoteRetriever("http://127.0.0.1:8000", **bad)
+    with pytest.raises(InputError, match="not an http"):
+        RemoteRetriever("ftp://127.0.0.1:8000")
 
 
 Handler = Callable[[int], tuple[int, bytes]]

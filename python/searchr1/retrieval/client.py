@@ -5,8 +5,9 @@ retrieval server) in the format of :mod:`searchr1.retrieval.wire`, keeps a small
 of keep-alive connections so concurrent threads do not reconnect per call, retries
 failed attempts with exponential backoff, and raises
 :class:`~searchr1.errors.RetrievalError` with a message that says what went wrong when
-the server is down, refuses the request, or answers something else. Only the standard
-library is used.
+the server is down, refuses the request, or answers something else. This is the one
+place a search is retried: the rollout loop calls ``search`` once per turn and turns a
+RetrievalError into its observation text. Only the standard library is used.
 """
 
 from __future__ import annotations

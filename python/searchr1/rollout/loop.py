@@ -2,17 +2,16 @@
 
 Each turn generates for every running trajectory in one engine call, parses each
 turn's action, sends every search of the turn to the retriever in one batched call,
-and appends the observation as an injected segment (no loss). After ``max_turns``
-turns, one last turn is generated in which a search returns nothing. The result is
-the packed batch plus what a trainer logs.
+and appends the observation as an injected segment (no loss); a search that fails
+(after RemoteRetriever's own retries) says so in its observation. After ``max_turns``
+turns, one last turn is generated in which a search returns nothing. The result is the
+packed batch plus what a trainer logs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,13 +63,6 @@ class RolloutConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling; 1 is off"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 is off"})
     seed: int | None = field(default=None, metadata={"help": "sampling seed (per turn: +turn)"})
-    search_retries: int = field(default=2, metadata={"help": "retries of a failed batched search"})
-    search_timeout: float | None = field(
-        default=60.0, metadata={"help": "seconds one batched search may take; None waits"}
-    )
-    retry_backoff: float = field(
-        default=0.5, metadata={"help": "seconds before the first retry; doubles each time"}
-    )
 
     def __post_init__(self) -> None:
         for name in ("max_response_length", "max_obs_length", "max_length", "topk"):
@@ -78,10 +70,6 @@ class RolloutConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_turns < 0:
             raise ValueError(f"max_turns must be >= 0, got {self.max_turns}")
-        if self.search_retries < 0:
-            raise ValueError(f"search_retries must be >= 0, got {self.search_retries}")
-        if self.search_timeout is not None and self.search_timeout <= 0:
-            raise ValueError(f"search_timeout must be > 0, got {self.search_timeout}")
 
     def sampling(self, max_tokens: int, turn: int) -> SamplingConfig:
         """The engine settings of one turn."""
@@ -152,46 +140,25 @@ def tokenize_prompts(tokenizer: Any, questions: Sequence[str]) -> list[npt.NDArr
     return [np.asarray(ids, dtype=np.int64) for ids in encoded]
 
 
-class _Searcher:
-    """Runs a turn's searches with a timeout and retries; failures become text."""
+def _search(retriever: SearchBackend | None, queries: list[str], k: int) -> tuple[list[str], bool]:
+    """The documents text of each query, and whether the search failed.
 
-    def __init__(self, retriever: SearchBackend | None, config: RolloutConfig) -> None:
-        self.retriever = retriever
-        self.config = config
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="searchr1-search")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def search(self, queries: list[str]) -> tuple[list[str], bool]:
-        """The documents text of each query, and whether the search failed."""
-        if self.retriever is None:
-            return [SEARCH_FAILED.format(error="no retriever was given")] * len(queries), True
-        config = self.config
-        delay = config.retry_backoff
-        error: BaseException | None = None
-        for attempt in range(config.search_retries + 1):
-            if attempt:
-                time.sleep(delay)
-                delay *= 2
-            future = self._pool.submit(self.retriever.search, queries, config.topk)
-            try:
-                results = future.result(timeout=config.search_timeout)
-            except FutureTimeout:
-                # A stuck call keeps its thread; later attempts get a fresh one.
-                self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="searchr1-search")
-                error = TimeoutError(f"no answer within {config.search_timeout} s")
-                continue
-            except Exception as exc:  # any retriever failure is retried, then reported
-                error = exc
-                continue
-            if len(results) != len(queries):
-                error = ValueError(f"{len(results)} results for {len(queries)} queries")
-                continue
-            return [format_documents(hits) for hits in results], False
-        reason = f"{type(error).__name__}: {error}" if error else "unknown error"
-        return [SEARCH_FAILED.format(error=reason)] * len(queries), True
+    One call per turn, not retried here: RemoteRetriever retries what is transient
+    (under its own timeout), and an in-process Retriever has nothing transient to
+    retry. A failure becomes the observation text instead of ending the rollout.
+    """
+    if retriever is None:
+        error = "no retriever was given"
+    else:
+        try:
+            results = retriever.search(queries, k)
+        except Exception as exc:  # whatever the backend raises is reported, not raised
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            if len(results) == len(queries):
+                return [format_documents(hits) for hits in results], False
+            error = f"ValueError: {len(results)} results for {len(queries)} queries"
+    return [SEARCH_FAILED.format(error=error)] * len(queries), True
 
 
 def run_rollouts(
@@ -213,87 +180,81 @@ def run_rollouts(
     stats = [TrajectoryStats() for _ in range(n)]
     lengths = np.array([len(p) for p in prompt_ids], dtype=np.int64)
     running = [i for i in range(n)]
-    searcher = _Searcher(retriever, config)
     generate_seconds = search_seconds = 0.0
 
-    try:
-        for turn in range(config.max_turns + 1):
-            last_turn = turn == config.max_turns
-            budget = config.max_length - lengths
-            for i in [i for i in running if budget[i] <= 0]:
+    for turn in range(config.max_turns + 1):
+        last_turn = turn == config.max_turns
+        budget = config.max_length - lengths
+        for i in [i for i in running if budget[i] <= 0]:
+            stats[i].truncated = True
+        running = [i for i in running if budget[i] > 0]
+        if not running:
+            break
+        max_tokens = int(min(config.max_response_length, budget[running].max()))
+        contexts = [_context(trajectories[i]) for i in running]
+        started = time.perf_counter()
+        generations = engine.generate(contexts, config.sampling(max_tokens, turn))
+        generate_seconds += time.perf_counter() - started
+
+        new_ids = []
+        for i, gen in zip(running, generations, strict=True):
+            ids, lps = gen.token_ids, gen.logprobs
+            if len(ids) > budget[i]:
+                ids, lps = ids[: budget[i]], lps[: budget[i]]
                 stats[i].truncated = True
-            running = [i for i in running if budget[i] > 0]
-            if not running:
-                break
-            max_tokens = int(min(config.max_response_length, budget[running].max()))
-            contexts = [_context(trajectories[i]) for i in running]
+            trajectories[i].segments.append(Segment(ids, True, lps))
+            lengths[i] += len(ids)
+            stats[i].turns += 1
+            new_ids.append(ids)
+        texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        actions = [parse_action(t) for t in texts]
+
+        searching = [
+            i for i, a in zip(running, actions, strict=True) if a.kind == "search" and not last_turn
+        ]
+        documents: dict[int, str] = {}
+        if searching:
             started = time.perf_counter()
-            generations = engine.generate(contexts, config.sampling(max_tokens, turn))
-            generate_seconds += time.perf_counter() - started
+            by_row = dict(zip(running, actions, strict=True))
+            queries = [by_row[i].content or "" for i in searching]
+            docs, failed = _search(retriever, queries, config.topk)
+            search_seconds += time.perf_counter() - started
+            documents = dict(zip(searching, docs, strict=True))
+            if failed:
+                for i in searching:
+                    stats[i].search_failures += 1
 
-            new_ids = []
-            for i, gen in zip(running, generations, strict=True):
-                ids, lps = gen.token_ids, gen.logprobs
-                if len(ids) > budget[i]:
-                    ids, lps = ids[: budget[i]], lps[: budget[i]]
-                    stats[i].truncated = True
-                trajectories[i].segments.append(Segment(ids, True, lps))
-                lengths[i] += len(ids)
-                stats[i].turns += 1
-                new_ids.append(ids)
-            texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-            actions = [parse_action(t) for t in texts]
-
-            searching = [
-                i
-                for i, a in zip(running, actions, strict=True)
-                if a.kind == "search" and not last_turn
+        observations: dict[int, str] = {}
+        for i, action in zip(running, actions, strict=True):
+            if action.kind == "answer":
+                stats[i].valid_actions += 1
+                stats[i].finished = True
+                stats[i].answer = action.content
+            elif action.kind == "search":
+                stats[i].valid_actions += 1
+                if not last_turn:
+                    stats[i].searches += 1
+                    observations[i] = information(documents[i])
+            else:
+                stats[i].invalid_actions += 1
+                if not last_turn:
+                    observations[i] = INVALID_ACTION
+        if last_turn:
+            break
+        running = [i for i in running if not stats[i].finished and not stats[i].truncated]
+        order = [i for i in running if i in observations]
+        if order:
+            encoded = tokenizer([observations[i] for i in order], add_special_tokens=False)[
+                "input_ids"
             ]
-            documents: dict[int, str] = {}
-            if searching:
-                started = time.perf_counter()
-                by_row = dict(zip(running, actions, strict=True))
-                queries = [by_row[i].content or "" for i in searching]
-                docs, failed = searcher.search(queries)
-                search_seconds += time.perf_counter() - started
-                documents = dict(zip(searching, docs, strict=True))
-                if failed:
-                    for i in searching:
-                        stats[i].search_failures += 1
-
-            observations: dict[int, str] = {}
-            for i, action in zip(running, actions, strict=True):
-                if action.kind == "answer":
-                    stats[i].valid_actions += 1
-                    stats[i].finished = True
-                    stats[i].answer = action.content
-                elif action.kind == "search":
-                    stats[i].valid_actions += 1
-                    if not last_turn:
-                        stats[i].searches += 1
-                        observations[i] = information(documents[i])
-                else:
-                    stats[i].invalid_actions += 1
-                    if not last_turn:
-                        observations[i] = INVALID_ACTION
-            if last_turn:
-                break
-            running = [i for i in running if not stats[i].finished and not stats[i].truncated]
-            order = [i for i in running if i in observations]
-            if order:
-                encoded = tokenizer([observations[i] for i in order], add_special_tokens=False)[
-                    "input_ids"
-                ]
-                for i, ids in zip(order, encoded, strict=True):
-                    room = int(config.max_length - lengths[i])
-                    cut = min(config.max_obs_length, room)
-                    if len(ids) > room:
-                        stats[i].truncated = True
-                    obs = np.asarray(ids[:cut], dtype=np.int64)
-                    trajectories[i].segments.append(Segment(obs, False))
-                    lengths[i] += len(obs)
-    finally:
-        searcher.close()
+            for i, ids in zip(order, encoded, strict=True):
+                room = int(config.max_length - lengths[i])
+                cut = min(config.max_obs_length, room)
+                if len(ids) > room:
+                    stats[i].truncated = True
+                obs = np.asarray(ids[:cut], dtype=np.int64)
+                trajectories[i].segments.append(Segment(obs, False))
+                lengths[i] += len(obs)
 
     pad = tokenizer.pad_token_id
     batch = pack(trajectories, pad_id=int(pad if pad is not None else 0))
