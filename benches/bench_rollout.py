@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, report
 from searchr1 import Retriever
-from searchr1.models import TinyModelConfig, init_model
 from searchr1.rollout import (
     HFEngine,
     RolloutConfig,
@@ -47,6 +46,7 @@ from searchr1.rollout import (
 )
 from searchr1.rollout.engine import Generation
 from searchr1.sft import Demonstration, SFTConfig, sft, to_trajectories
+from searchr1.toy.models import TinyModelConfig, init_model
 
 CACHE = Path.home() / ".cache" / "searchr1" / "bench"
 FIRST = ["Ada", "Bruno", "Cleo", "Dario", "Edda", "Fritz", "Gaia", "Hugo", "Ines", "Jonas"]

@@ -87,7 +87,7 @@ def qwen05_shaped(tmp: Path) -> Path:
     """A random model with Qwen2.5-0.5B's shape, saved with a tokenizer of our own."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from searchr1.models import train_tokenizer
+    from searchr1.toy.models import train_tokenizer
 
     tok = train_tokenizer([json.dumps(x) for x in world()[1]], vocab_size=4096)
     config = Qwen2Config(

@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory):  # type: ignore[no-untyped-def]
 
     Its weights are large enough (std 0.5) that greedy decoding varies from step to step.
     """
-    from searchr1.models import TinyModelConfig, init_model
+    from searchr1.toy.models import TinyModelConfig, init_model
 
     texts = [
         "who founded the city of Riverton? Riverton was founded by Alice Marlow in 1820.",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from searchr1.demo import DemoConfig, comparison, quick, run_demo
-from searchr1.models import TinyModelConfig
+from searchr1.toy.demo import TOY_CONFIG, DemoConfig, comparison, quick, run_demo, train_config
+from searchr1.toy.models import TinyModelConfig
+from searchr1.toy.warmstart import WarmStartConfig
 
 pytest.importorskip("torch")
 
@@ -22,13 +23,13 @@ def test_a_miniature_demo_runs_and_reuses_its_warm_start(tmp_path: Path) -> None
         people=20,
         towns=8,
         orgs=6,
-        copy_steps=2,
-        sft_steps=3,
-        drills=4,
-        rl_steps=1,
-        rl_batch=2,
-        group_size=2,
-        eval_size=6,
+        warm_start=WarmStartConfig(copy_steps=2, sft_steps=3, drills=4),
+        train_overrides=(
+            "run.total_steps=1",
+            "rl.batch_size=2",
+            "rl.group_size=2",
+            "data.val_size=6",
+        ),
         model=TinyModelConfig(vocab_size=600, hidden_size=64, num_heads=1),
     )
     lines: list[str] = []
@@ -56,7 +57,8 @@ def test_a_miniature_demo_runs_and_reuses_its_warm_start(tmp_path: Path) -> None
     changes = ({"sft_steps": 4}, {"drills": 5}, {"reading_worlds": 0}, {"copy_steps": 0})
     for change in changes:
         lines.clear()
-        run_demo(replace(config, **change), log=lines.append)  # type: ignore[arg-type]
+        changed = replace(config, warm_start=replace(config.warm_start, **change))
+        run_demo(changed, log=lines.append)
         assert not any("reusing" in line for line in lines), change
     assert not any("copy pre-training" in line for line in lines)
 
@@ -102,11 +104,11 @@ def test_comparison_table() -> None:
 def test_demo_command_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    import searchr1.demo
+    import searchr1.toy.demo
     from searchr1.cli import main
 
     seen: list[DemoConfig] = []
-    monkeypatch.setattr(searchr1.demo, "run_demo", lambda config, log: seen.append(config))
+    monkeypatch.setattr(searchr1.toy.demo, "run_demo", lambda config, log: seen.append(config))
     runner = CliRunner()
     args = ["demo", "--out", "x", "--seed", "3", "--copy-steps", "0", "--drills", "7"]
     args += ["--reading-worlds", "2", "--rl-steps", "5", "--two-hop", "0.5"]
@@ -114,13 +116,35 @@ def test_demo_command_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.exit_code == 0, result.output
     assert seen[-1] == replace(
         DemoConfig(out="x", seed=3),
-        copy_steps=0,
-        drills=7,
-        reading_worlds=2,
-        rl_steps=5,
+        warm_start=WarmStartConfig(copy_steps=0, drills=7, reading_worlds=2),
+        train_overrides=("run.total_steps=5",),
         two_hop_fraction=0.5,
     )
-    result = runner.invoke(main, ["demo", "--quick", "--sft-steps", "9"])
+    result = runner.invoke(main, ["demo", "--quick", "--sft-steps", "9", "--set", "rl.kl_coef=0"])
     assert result.exit_code == 0, result.output
-    assert seen[-1] == replace(quick(DemoConfig()), sft_steps=9)
+    shortened = quick(DemoConfig())
+    assert seen[-1] == replace(
+        shortened,
+        warm_start=replace(shortened.warm_start, sft_steps=9),
+        train_overrides=("run.total_steps=16", "rl.kl_coef=0"),
+    )
     assert runner.invoke(main, ["demo", "--drills", "-1"]).exit_code == 2
+
+
+def test_the_demo_trains_as_the_toy_config_says(tmp_path: Path) -> None:
+    """The RL settings live in configs/toy.yaml alone: the demo changes its paths and
+    seed, turns off validation during training, and applies the overrides."""
+    from searchr1.config import TrainConfig
+
+    assert (Path(__file__).parents[1] / "configs" / "toy.yaml").resolve() == TOY_CONFIG
+    toy = TrainConfig.from_yaml(TOY_CONFIG)
+    paths = {"train": tmp_path / "train.jsonl", "test": tmp_path / "test.jsonl"}
+    config = DemoConfig(out=str(tmp_path), seed=7, train_overrides=("rl.group_size=3",))
+    made = train_config(config, paths)
+    assert made.rl == replace(toy.rl, group_size=3)
+    assert made.rollout == toy.rollout and made.model == replace(
+        toy.model, path=str(tmp_path / "sft-model")
+    )
+    assert made.run == replace(toy.run, output_dir=str(tmp_path / "grpo"), seed=7, eval_every=0)
+    assert made.data.train_files == [str(paths["train"])]
+    assert made.retrieval.index == str(tmp_path / "index")

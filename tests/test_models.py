@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from searchr1.models import TinyModelConfig
+from searchr1.toy.models import TinyModelConfig
 
 
 def test_key_value_heads_default_to_the_heads() -> None:

@@ -84,8 +84,8 @@ def test_loss_is_the_mean_next_token_nll_of_the_said_tokens(tiny_model_dir: Path
 
 
 def test_copy_pretraining_teaches_a_random_model_to_copy(tmp_path: Path) -> None:
-    from searchr1.models import TinyModelConfig, init_model
-    from searchr1.sft import CopyConfig, copy_pretrain
+    from searchr1.toy.copying import CopyConfig, copy_pretrain
+    from searchr1.toy.models import TinyModelConfig, init_model
 
     texts = ["Riverton was founded by Alice Marlow in 1820, who founded Riverton?"] * 20
     config = TinyModelConfig(vocab_size=300, hidden_size=64, num_heads=2)
@@ -125,7 +125,7 @@ def test_copy_pretraining_teaches_a_random_model_to_copy(tmp_path: Path) -> None
     ],
 )
 def test_copy_config_is_checked(kwargs: dict[str, float], message: str) -> None:
-    from searchr1.sft import CopyConfig
+    from searchr1.toy.copying import CopyConfig
 
     with pytest.raises(ValueError, match=message):
         CopyConfig(**kwargs)  # type: ignore[arg-type]

@@ -16,25 +16,27 @@ from hypothesis import strategies as st
 
 from searchr1.cli import main
 from searchr1.data import load_qa
-from searchr1.data.toyworld import (
+from searchr1.errors import InputError
+from searchr1.retrieval import Hit, Retriever
+from searchr1.rollout.prompt import format_documents, information
+from searchr1.sft import Demonstration
+from searchr1.tags import parse_action
+from searchr1.toy.warmstart import (
+    demonstrations,
+    name_drills,
+    reading_demonstrations,
+    reading_world,
+)
+from searchr1.toy.world import (
     OCCUPATIONS,
     RELATIONS,
     Hop,
     World,
     WorldConfig,
     build_world,
-    demonstrations,
-    name_drills,
     read_world,
-    reading_demonstrations,
-    reading_world,
     write_world,
 )
-from searchr1.errors import InputError
-from searchr1.retrieval import Hit, Retriever
-from searchr1.rollout.prompt import format_documents, information
-from searchr1.sft import Demonstration
-from searchr1.tags import parse_action
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +344,7 @@ def test_a_missed_search_is_retried_with_the_name_then_given_up() -> None:
 
 
 def test_hop_sentences_read_naturally() -> None:
-    from searchr1.data.toyworld import _statement
+    from searchr1.toy.warmstart import _statement
 
     assert _statement(Hop("Ana Bel", "occupation", "astronomer")) == "Ana Bel was an astronomer."
     assert _statement(Hop("Ana Bel", "birth_town", "Vorby")) == "Ana Bel was born in Vorby."
@@ -418,7 +420,7 @@ def test_name_drills_copy_names_made_of_vocabulary_words(bpe_world_tokenizer: ob
 @pytest.fixture(scope="module")
 def bpe_world_tokenizer(world: World) -> object:
     pytest.importorskip("transformers")
-    from searchr1.models import train_tokenizer
+    from searchr1.toy.models import train_tokenizer
 
     return train_tokenizer(world.texts(), 2048)
 

@@ -1,5 +1,4 @@
-"""Supervised fine-tuning on demonstration trajectories, with observations masked, and
-copy pre-training, which gives a model made from nothing a copy mechanism first.
+"""Supervised fine-tuning on demonstration trajectories, with observations masked.
 
 A demonstration is a question and the turns of its response, each a piece of text that
 the model says (``generated=True``: trained on) or the environment injects (retrieved
@@ -22,10 +21,9 @@ from searchr1.packing import Segment, Trajectory, pack
 from searchr1.rollout.prompt import build_prompt
 
 __all__ = [
-    "CopyConfig",
     "Demonstration",
     "SFTConfig",
-    "copy_pretrain",
+    "optimizer_with_schedule",
     "progress_bar",
     "sft",
     "to_trajectories",
@@ -97,7 +95,7 @@ def sft(
 
     config = config or SFTConfig()
     device = next(model.parameters()).device
-    optimizer, scheduler = _optimizer(
+    optimizer, scheduler = optimizer_with_schedule(
         model, config.lr, config.weight_decay, config.warmup, config.steps
     )
     rng = random.Random(config.seed)
@@ -138,119 +136,7 @@ def sft(
     return losses
 
 
-@dataclass(frozen=True)
-class CopyConfig:
-    """Settings of copy pre-training (see :func:`copy_pretrain`)."""
-
-    steps: int = field(
-        default=1200, metadata={"help": "optimizer steps at most (the schedule's length)"}
-    )
-    batch_size: int = field(default=64, metadata={"help": "strings per step"})
-    min_length: int = field(default=4, metadata={"help": "shortest string, in tokens"})
-    max_length: int = field(default=24, metadata={"help": "longest string, in tokens"})
-    # With the demo's model, seeds 0 and 2 copy (accuracy >= 0.9) by step 700-800 at
-    # 3e-3; seeds 1 and 3 are below 0.6 at step 1,200. At 1.5e-3 three of the four copy
-    # by step 700 (the fourth: 0.86 at 1,100). Going on long after the copy has formed
-    # cost the demo's seed 0 RL gain (1,200 steps at 1.5e-3: EM +0.20, against +0.295
-    # when it stopped at 0.93), hence stop_accuracy. The demo with these defaults, seeds
-    # 0-2: stopped after 628, 961, 666 steps; EM after RL 0.32, 0.295, 0.24 (with 800
-    # steps at 3e-3: 0.36, 0.105, 0.13).
-    lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate (AdamW)"})
-    stop_accuracy: float = field(
-        default=0.9,
-        metadata={
-            "help": "stop once the copy accuracy, averaged over the last 20 steps, reaches "
-            "this (above 1: never; run all steps)"
-        },
-    )
-    warmup: int = field(default=20, metadata={"help": "linear warm-up steps, then cosine"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    seed: int = field(default=0, metadata={"help": "seed of the strings"})
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
-        if not 1 <= self.min_length <= self.max_length:
-            raise ValueError(
-                f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.stop_accuracy <= 0:
-            raise ValueError(f"stop_accuracy must be > 0, got {self.stop_accuracy}")
-
-
-_COPY_WINDOW = 20
-
-
-def copy_pretrain(
-    model: Any,
-    tokenizer: Any,
-    config: CopyConfig | None = None,
-    on_step: Callable[[int, float, float], None] | None = None,
-) -> list[tuple[float, float]]:
-    """Trains ``model`` in place to copy: each example is a string of random tokens
-    of the vocabulary (special tokens aside), a newline, and the same string again,
-    with the loss on the copy only. Returns (loss, copy accuracy) per step.
-
-    A model made from nothing and fine-tuned on a few hundred demonstrations learns
-    them by heart: it writes names it trained on where it should copy a new name
-    from the question or a passage, and the output embeddings of tokens it never
-    wrote stay random. Copying random strings over the whole vocabulary first grows
-    the attention that copies (an induction head, after about 600 steps for the
-    demo's model, or later by seed) and trains every token's embedding. It stops
-    early once the accuracy of the last 20 steps averages ``config.stop_accuracy``;
-    ``on_step(step, loss, accuracy)``.
-    """
-    import torch
-
-    config = config or CopyConfig()
-    device = next(model.parameters()).device
-    special = set(tokenizer.all_special_ids)
-    pool = torch.tensor([i for i in range(len(tokenizer)) if i not in special], device=device)
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    if len(newline) != 1:
-        raise ValueError(f"the tokenizer must encode a newline as one token, got {newline}")
-    separator = torch.full((config.batch_size, 1), newline[0], device=device)
-    optimizer, scheduler = _optimizer(model, config.lr, 0.0, config.warmup, config.steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    history = []
-    model.train()
-    for step in range(config.steps):
-        length = int(
-            torch.randint(config.min_length, config.max_length + 1, (1,), generator=generator)
-        )
-        picks = torch.randint(len(pool), (config.batch_size, length), generator=generator)
-        strings = pool[picks.to(device)]
-        # Logits at column t predict the token at t + 1: those of columns length ..
-        # 2 * length - 1 predict the copy.
-        logits = (
-            model(
-                input_ids=torch.cat([strings, separator, strings], dim=1), logits_to_keep=length + 1
-            )
-            .logits[:, :-1]
-            .float()
-        )
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), strings.reshape(-1)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        accuracy = (logits.argmax(-1) == strings).float().mean().item()
-        history.append((loss.item(), accuracy))
-        if on_step is not None:
-            on_step(step, *history[-1])
-        recent = [a for _, a in history[-_COPY_WINDOW:]]
-        if len(recent) == _COPY_WINDOW and sum(recent) / len(recent) >= config.stop_accuracy:
-            break
-    model.eval()
-    return history
-
-
-def _optimizer(
+def optimizer_with_schedule(
     model: Any, lr: float, weight_decay: float, warmup: int, steps: int
 ) -> tuple[Any, Any]:
     """AdamW with ``warmup`` linear warm-up steps, then a cosine decay to 0 at ``steps``."""

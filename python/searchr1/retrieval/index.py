@@ -21,6 +21,8 @@ __all__ = ["MODES", "Hit", "Retriever"]
 
 #: Search modes an index may support: hybrid needs both BM25 and dense vectors.
 MODES = ("bm25", "dense", "hybrid")
+#: How dense vectors may be stored (and walked by HNSW).
+VECTOR_DTYPES = ("f32", "f16", "i8")
 #: The constant of reciprocal rank fusion: score = sum of weight / (RRF_K + rank).
 RRF_K = 60
 

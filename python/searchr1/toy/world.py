@@ -15,47 +15,41 @@ question is answerable from the corpus alone:
 Each fact is stated in exactly one passage (that of its subject), so a search for an
 entity's name finds everything there is to know about it. Questions are split into
 train and test by their subject entity: test questions ask about entities no training
-question asks about. :func:`demonstrations` writes imperfect warm-start trajectories
-(half search and answer right, half guess without searching) for supervised
-fine-tuning before RL, :func:`reading_demonstrations` the same over other worlds (so
-that a tiny model learns to read a passage rather than one world's facts), and
-:func:`name_drills` drills that teach it to write names it has never written.
+question asks about. :mod:`searchr1.toy.warmstart` writes the warm start's
+demonstrations of a world.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from searchr1.errors import InputError
-from searchr1.packing import Trajectory
-from searchr1.rollout.loop import SearchBackend
-from searchr1.rollout.prompt import Passage, format_documents, information
-from searchr1.sft import Demonstration, to_trajectories
 
 __all__ = [
+    "BIRTH_YEARS",
     "OCCUPATIONS",
+    "ORG_AGE",
+    "ORG_KINDS",
     "RELATIONS",
+    "SPLITS",
+    "TOWN_YEARS",
     "TWO_HOP",
     "Entity",
     "Hop",
     "Relation",
+    "Split",
     "ToyQuestion",
     "World",
     "WorldConfig",
+    "article",
     "build_world",
-    "demonstrations",
-    "name_drills",
     "read_world",
-    "reading_demonstrations",
-    "reading_world",
-    "warm_start_trajectories",
     "write_world",
 ]
 
@@ -70,7 +64,7 @@ _ONSETS = (
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ae", "ou")
 _CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "k")
 _TOWN_ENDINGS = ("ford", "holm", "wick", "stad", "dale", "mere", "by", "ton")
-_ORG_KINDS = (
+ORG_KINDS = (
     "Guild", "Company", "Society", "Works", "Trust", "Press", "Foundry", "Cooperative",
     "Consortium", "Institute",
 )  # fmt: skip
@@ -376,10 +370,10 @@ class _Names:
         return self.word((2, 2) if not ending else (1, 2), ending)
 
     def organisation(self) -> str:
-        return f"{self.word((2, 2))} {self.rng.choice(_ORG_KINDS)}"
+        return f"{self.word((2, 2))} {self.rng.choice(ORG_KINDS)}"
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -420,7 +414,7 @@ def build_world(config: WorldConfig | None = None) -> World:
             "employer": employer[p],
         }
         text = (
-            f"{p} was {_article(occupation[p])} {occupation[p]} born in {birth_town[p]} "
+            f"{p} was {article(occupation[p])} {occupation[p]} born in {birth_town[p]} "
             f"in {birth_year[p]}. {p} worked for {employer[p]}."
         )
         entities.append(Entity(p, "person", facts, text))
@@ -428,7 +422,7 @@ def build_world(config: WorldConfig | None = None) -> World:
         trade, kind = rng.choice(_TRADES), o.rsplit(" ", 1)[1].lower()
         facts = {"founder": founder[o], "founded": str(founded[o]), "headquarters": headquarters[o]}
         text = (
-            f"{o} is {_article(trade)} {trade} {kind} founded in {founded[o]} by {founder[o]}. "
+            f"{o} is {article(trade)} {trade} {kind} founded in {founded[o]} by {founder[o]}. "
             f"It is headquartered in {headquarters[o]}."
         )
         entities.append(Entity(o, "organisation", facts, text))
@@ -553,244 +547,3 @@ def read_world(world_dir: str | Path) -> World:
                 "(edited, or written by another version of searchr1?)"
             )
     return world
-
-
-def _guess_candidates(world: World, answer_kind: str, relation: str) -> list[str]:
-    if answer_kind in ("person", "town", "organisation"):
-        return [e.name for e in world.of_kind(answer_kind)]
-    if answer_kind == "occupation":
-        return list(OCCUPATIONS)
-    low, high = TOWN_YEARS if relation == "town_founded" else BIRTH_YEARS
-    if relation == "founded":
-        low, high = BIRTH_YEARS[0] + ORG_AGE[0], BIRTH_YEARS[1] + ORG_AGE[1]
-    return [str(y) for y in range(low, high + 1)]
-
-
-def _statement(hop: Hop) -> str:
-    """The fact of ``hop`` as a sentence."""
-    return RELATIONS[hop.relation].statement.format(
-        s=hop.entity, v=hop.value, a=_article(hop.value)
-    )
-
-
-def demonstrations(
-    world: World,
-    split: Split,
-    retriever: SearchBackend,
-    search_fraction: float = 0.5,
-    seed: int = 0,
-    top_k: int = 3,
-) -> list[Demonstration]:
-    """Imperfect warm-start demonstrations, one per question of ``split``, in order.
-
-    A ``search_fraction`` of them (picked at random) search and answer right: each hop
-    thinks, searches for the hop's entity and relation, gets the observation a rollout
-    would inject (``retriever``'s top ``top_k`` hits, as Search-R1 formats them; a
-    piece with ``generated=False``), and states what it read. Two-hop questions search
-    twice. The rest answer at once, without searching, with a wrong guess of the right
-    kind (another town, person, year...), so that RL has something to fix.
-
-    A searching demonstration whose query misses the passage it needs searches again
-    for the bare name; if that misses too, the question gets a guess instead (with the
-    BM25 retriever over the world's corpus this does not happen).
-    Observations are not truncated: keep ``top_k`` small enough for ``max_obs_length``.
-    """
-    if not 0.0 <= search_fraction <= 1.0:
-        raise ValueError(f"search_fraction must be in [0, 1], got {search_fraction}")
-    questions = world.split(split)
-    rng = random.Random(seed)
-    searching = set(rng.sample(range(len(questions)), round(search_fraction * len(questions))))
-
-    # observations[i]: one observation per hop of question i (all hops found), else absent.
-    observations: dict[int, list[str]] = {i: [] for i in sorted(searching)}
-    for depth in range(2):
-        wanted = [
-            (i, questions[i].hops[depth])
-            for i in observations
-            if len(questions[i].hops) > depth and len(observations[i]) == depth
-        ]
-        queries = [_query(hop) for _, hop in wanted]
-        hits = _search(retriever, queries, top_k)
-        missed = [j for j, (_, hop) in enumerate(wanted) if not _found(world, hop, hits[j])]
-        if missed:
-            again = _search(retriever, [wanted[j][1].entity for j in missed], top_k)
-            for j, found in zip(missed, again, strict=True):
-                hits[j] = found
-        for j, (i, hop) in enumerate(wanted):
-            if _found(world, hop, hits[j]):
-                observations[i].append(information(format_documents(hits[j])))
-            else:
-                del observations[i]
-
-    return [
-        _searching(q, observations[i]) if i in observations else _guessing(world, q, rng)
-        for i, q in enumerate(questions)
-    ]
-
-
-def name_drills(tokenizer: Any, n: int, seed: int = 0) -> list[Demonstration]:
-    """``n`` drills in copying a name from the question, for the warm start.
-
-    Each asks a question of a random relation about an invented name and is answered
-    by ``<think>I remember that NAME`` and no more (so no fact, and no end: train
-    them with ``to_trajectories(..., eos=False)``). Names are put together from the
-    tokenizer's own capitalised word tokens, the pieces of every name in the world,
-    so every name token is written in training, as the held-out entities' names must
-    be in searches. Tiny models fine-tuned on the demonstrations alone write a name
-    they trained on instead, with no word in common, in most searches for new ones.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    pieces = _name_pieces(tokenizer)
-    if n and not pieces:
-        raise ValueError("the tokenizer has no capitalised word tokens to make names of")
-    rng = random.Random(seed)
-    make = {
-        "person": lambda: f"{rng.choice(pieces)} {rng.choice(pieces)}",
-        "town": lambda: rng.choice(pieces),
-        "organisation": lambda: f"{rng.choice(pieces)} {rng.choice(_ORG_KINDS)}",
-    }
-    drills = []
-    for _ in range(n):
-        relation = RELATIONS[rng.choice(sorted(RELATIONS))]
-        name = make[relation.subject]()
-        drills.append(
-            Demonstration(
-                relation.question.format(s=name), [(f"<think>I remember that {name}", True)]
-            )
-        )
-    return drills
-
-
-def reading_world(world: World, i: int) -> World:
-    """The ``i``-th other world that :func:`reading_demonstrations` reads: ``world``'s
-    config with a seed far from its own."""
-    return build_world(replace(world.config, seed=world.config.seed + 1_000_003 * (i + 1)))
-
-
-def reading_demonstrations(
-    world: World,
-    n_worlds: int = 1,
-    search_fraction: float = 0.5,
-    seed: int = 0,
-    top_k: int = 1,
-) -> list[Demonstration]:
-    """:func:`demonstrations` for every question (train and test) of ``n_worlds`` other
-    worlds of ``world``'s shape, each searched with a BM25 index of its own.
-
-    A tiny model fine-tuned on the demonstrations of one world learns its facts by
-    heart rather than reading them off the passage it found: handed the right passage
-    of a held-out question and the start of the statement, the demo's warm start wrote
-    the year in none of 54 cases and the occupation in 1 of 30 (all facts: 45%).
-    Nothing can be learnt by heart from worlds it never meets again, only how to read:
-    with one other world the same warm start wrote 84% of the facts right. Questions
-    that name an entity of ``world``, or answer with one, are left out, so that no
-    demonstration contradicts it. The same ``search_fraction`` of them search.
-    """
-    import tempfile
-
-    from searchr1.retrieval import Retriever
-
-    if n_worlds < 0:
-        raise ValueError(f"n_worlds must be >= 0, got {n_worlds}")
-    names = {e.name for e in world.entities}
-    out: list[Demonstration] = []
-    for i in range(n_worlds):
-        other = reading_world(world, i)
-        with tempfile.TemporaryDirectory(prefix="searchr1-reading-") as tmp:
-            corpus = write_world(other, tmp)["corpus"]
-            retriever = Retriever.build(corpus, Path(tmp) / "index", progress=False)
-            for split in SPLITS:
-                questions = other.split(split)
-                demos = demonstrations(
-                    other, split, retriever, search_fraction, seed=seed + i + 1, top_k=top_k
-                )
-                out += [
-                    demo
-                    for q, demo in zip(questions, demos, strict=True)
-                    if not names & {q.answer, *(hop.entity for hop in q.hops)}
-                ]
-    return out
-
-
-def warm_start_trajectories(
-    world: World,
-    retriever: SearchBackend,
-    tokenizer: Any,
-    search_fraction: float = 0.5,
-    drills: int = 1000,
-    seed: int = 0,
-    top_k: int = 1,
-    reading_worlds: int = 1,
-) -> list[Trajectory]:
-    """The warm start's SFT data (the demo's and ``searchr1 sft``'s): one of
-    :func:`demonstrations` per training question, those of ``reading_worlds`` other
-    worlds (:func:`reading_demonstrations`), then ``drills`` :func:`name_drills`."""
-    demos = demonstrations(world, "train", retriever, search_fraction, seed=seed, top_k=top_k)
-    demos += reading_demonstrations(world, reading_worlds, search_fraction, seed, top_k)
-    trajectories = to_trajectories(tokenizer, demos)
-    return trajectories + to_trajectories(
-        tokenizer, name_drills(tokenizer, drills, seed), eos=False
-    )
-
-
-def _name_pieces(tokenizer: Any) -> list[str]:
-    """The vocabulary's capitalised words of 3+ letters (byte-level BPE: "Ġ" is the
-    space before a word) that are not words of the templates or the prompt."""
-    from searchr1.models import PROTOCOL_TEXT
-
-    template_text = [*PROTOCOL_TEXT, *TWO_HOP.values(), *_ORG_KINDS, "It Its"]  # + passages
-    for relation in RELATIONS.values():
-        template_text += [relation.question, relation.wanted, relation.statement]
-    template_words = set(re.findall(r"[A-Z][a-z]+", " ".join(template_text)))
-    words = (re.fullmatch(r"\u0120([A-Z][a-z]{2,})", token) for token in tokenizer.get_vocab())
-    return sorted({w[1] for w in words if w} - template_words)
-
-
-def _query(hop: Hop) -> str:
-    """What a sensible searcher types to find ``hop``'s fact: the name and the relation."""
-    return f"{hop.entity} {RELATIONS[hop.relation].query}"
-
-
-def _searching(question: ToyQuestion, observations: Sequence[str]) -> Demonstration:
-    """Think, search, read (once per hop), then answer right.
-
-    Each turn thinks one short thought (what is needed first, then what was read), so
-    that a turn stays within the toy config's 48 tokens even with long invented names.
-    """
-    first = question.hops[0]
-    thought = "I need " + RELATIONS[first.relation].wanted.format(s=first.entity) + "."
-    pieces: list[tuple[str, bool]] = []
-    for hop, observation in zip(question.hops, observations, strict=True):
-        turn = f"<think>{thought}</think>\n<search> {_query(hop)} </search>"
-        pieces += [(turn, True), (observation, False)]
-        thought = _statement(hop)
-    pieces.append((f"<think>{thought}</think>\n<answer> {question.answer} </answer>", True))
-    return Demonstration(question.question, pieces)
-
-
-def _guessing(world: World, question: ToyQuestion, rng: random.Random) -> Demonstration:
-    """Answer at once with a wrong guess of the right kind (a town for a town...)."""
-    last = question.hops[-1]
-    kind = RELATIONS[last.relation].answer
-    guess = rng.choice(
-        [c for c in _guess_candidates(world, kind, last.relation) if c != question.answer]
-    )
-    if len(question.hops) == 1:
-        belief = "I remember that " + _statement(Hop(last.entity, last.relation, guess))
-    else:
-        belief = f"I think the answer is {guess}."
-    turn = f"<think>{belief}</think>\n<answer> {guess} </answer>"
-    return Demonstration(question.question, [(turn, True)])
-
-
-def _search(retriever: SearchBackend, queries: list[str], k: int) -> list[list[Passage]]:
-    if not queries:
-        return []
-    return [list(hits) for hits in retriever.search(queries, k)]
-
-
-def _found(world: World, hop: Hop, hits: Sequence[Passage]) -> bool:
-    """Whether the passage stating ``hop``'s fact is among ``hits``."""
-    contents = world.entity(hop.entity).contents
-    return any(hit.contents == contents for hit in hits)

@@ -14,7 +14,14 @@ from typing import Any
 
 from searchr1.rollout.prompt import INVALID_ACTION, PROMPT_TEMPLATE
 
-__all__ = ["CHAT_TEMPLATE", "TinyModelConfig", "init_model", "train_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "TEXT_FIELDS",
+    "TinyModelConfig",
+    "init_model",
+    "read_texts",
+    "train_tokenizer",
+]
 
 #: A Qwen2-style chat template (ChatML), enough for one user message and a reply.
 CHAT_TEMPLATE = (
@@ -142,3 +149,34 @@ def init_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+#: The fields of a JSONL row whose text a tokenizer learns (QA rows and corpus rows).
+TEXT_FIELDS = ("question", "contents", "title", "text")
+
+
+def read_texts(paths: Iterable[str | Path]) -> list[str]:
+    """The text of each file, to train a tokenizer on: the string fields (question,
+    contents, title, text) of each JSONL row for a ``.jsonl`` file, else each non-empty
+    line. A row that is not JSON raises :class:`~searchr1.errors.InputError` naming the
+    file and line."""
+    import json
+
+    from searchr1.errors import InputError
+
+    texts: list[str] = []
+    for path in map(Path, paths):
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                if path.suffix != ".jsonl":
+                    texts.append(line.rstrip("\n"))
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from exc
+                if isinstance(row, dict):
+                    texts += [row[k] for k in TEXT_FIELDS if isinstance(row.get(k), str)]
+    return texts

@@ -1,0 +1,231 @@
+"""The retrieval commands: index, search, serve, and parse-action."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from searchr1.cli._common import FC, dir_option, field_option, user_errors
+from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
+from searchr1.retrieval.index import MODES, VECTOR_DTYPES
+
+
+@click.command("parse-action")
+@click.argument("text", required=False)
+def parse_action_cmd(text: str | None) -> None:
+    """Print the action Search-R1 would read from TEXT (or standard input).
+
+    Shows the kind (search, answer or invalid) and the stripped content, exactly as a
+    rollout parses a model's turn: the first <search>…</search> or <answer>…</answer>.
+    """
+    from searchr1.tags import parse_action
+
+    if text is None:
+        text = sys.stdin.read()
+    action = parse_action(text)
+    click.echo(action.kind if action.content is None else f"{action.kind}\t{action.content}")
+
+
+@click.command("index")
+@click.option(
+    "--corpus",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSONL corpus (plain or .gz): {"id", "contents"} or {"id", "title", "text"} rows.',
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New index directory (must not exist or be empty).",
+)
+@click.option("--bm25/--no-bm25", default=True, show_default=True, help="Build the BM25 index.")
+@click.option(
+    "--dense-model",
+    type=click.Path(path_type=Path),
+    help="transformers model directory: also build dense vectors (e.g. e5-base-v2).",
+)
+@click.option(
+    "--dtype",
+    default="f32",
+    show_default=True,
+    type=click.Choice(VECTOR_DTYPES),
+    help="How dense vectors are stored: f16 halves the size, i8 (a scale per row) "
+    "quarters it; exact search then scores the stored, rounded values.",
+)
+@click.option("--hnsw", is_flag=True, help="Also build an HNSW graph for fast approximate search.")
+@click.option(
+    "--hnsw-dtype",
+    default="i8",
+    show_default=True,
+    type=click.Choice(VECTOR_DTYPES),
+    help="The vectors the HNSW walk reads: the stored ones when alike, else a copy in "
+    "this dtype whose candidates are re-scored exactly against the stored vectors. i8 "
+    "is a quarter of f32's memory to walk, scored in integers.",
+)
+@click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
+@click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")
+@click.option("--k1", default=0.9, show_default=True, help="BM25 term-frequency saturation.")
+@click.option("--b", "b", default=0.4, show_default=True, help="BM25 length normalisation.")
+@click.option("--stem/--no-stem", default=True, show_default=True, help="Porter2 stemming.")
+@click.option(
+    "--stopwords/--no-stopwords", default=True, show_default=True, help="Drop English stop words."
+)
+@click.option("--threads", type=click.IntRange(1, 8), help="Indexing threads [default: all cores].")
+@click.option(
+    "--memory-mb", default=512, show_default=True, type=click.IntRange(16), help="Indexing memory."
+)
+@click.option(
+    "--skip-bad", is_flag=True, help="Skip (and count) malformed lines instead of stopping."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
+    """Build a BM25 (and optionally dense) index of a passage corpus.
+
+    The corpus is streamed, never held in memory whole. A malformed line stops the build
+    with the file, line number and problem (or is skipped with --skip-bad); a repeated id
+    is always an error. Scores follow Lucene's BM25 with pyserini's defaults.
+    With --dense-model, passages are also encoded (mean or CLS pooling, e5 prefixes
+    when the model is an e5) and searched exactly by inner product, or through an
+    HNSW graph with --hnsw.
+
+    \b
+    Example:
+      searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18
+      searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18-e5 \\
+        --dense-model models/e5-base-v2 --dtype f16 --hnsw
+    """
+    from searchr1.retrieval import Retriever
+
+    started = time.perf_counter()
+    with user_errors():
+        retriever = Retriever.build(
+            corpus, out, progress=not quiet and sys.stderr.isatty(), **options
+        )
+    info = retriever.manifest["corpus"]
+    seconds = time.perf_counter() - started
+    skipped = f", {info['skipped_lines']} bad lines skipped" if info["skipped_lines"] else ""
+    click.echo(
+        f"indexed {info['passages']} passages into {out} in {seconds:.1f}s "
+        f"({info['passages'] / max(seconds, 1e-9):.0f}/s){skipped}"
+    )
+
+
+@click.command("search")
+@dir_option("--index", "index_dir", "Index directory built by `searchr1 index`.")
+@click.option(
+    "-k", "k", default=3, show_default=True, type=click.IntRange(0), help="Hits per query."
+)
+@click.option(
+    "--mode",
+    default="bm25",
+    show_default=True,
+    type=click.Choice(MODES),
+    help="BM25, dense (exact inner product), or hybrid (reciprocal rank fusion).",
+)
+@click.option("--device", help="Encoder device for dense and hybrid search.")
+@click.option(
+    "--encoder-dtype",
+    type=click.Choice(ENCODER_DTYPES),
+    help="What the query encoder computes in [default: bfloat16 on a GPU, float32 on a CPU].",
+)
+@click.option("--exact", is_flag=True, help="Dense search over every vector, not the HNSW graph.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print Search-R1's /retrieve response format."
+)
+@click.argument("queries", nargs=-1, required=True)
+def search_cmd(
+    index_dir: Path,
+    k: int,
+    mode: str,
+    device: str | None,
+    encoder_dtype: str | None,
+    exact: bool,
+    as_json: bool,
+    queries: tuple[str, ...],
+) -> None:
+    """Search an index for each QUERY and print the best passages.
+
+    \b
+    Example:
+      searchr1 search --index indexes/wiki-18 -k 3 "who wrote dune" "capital of peru"
+    """
+    from searchr1.retrieval import Retriever
+
+    with user_errors():
+        retriever = Retriever.open(index_dir, device=device, encoder_dtype=encoder_dtype)
+        results = retriever.search(list(queries), k=k, mode=mode, exact=exact)
+    if as_json:
+        body = {"result": [[h.to_search_r1() for h in row] for row in results]}
+        click.echo(json.dumps(body, ensure_ascii=False))
+        return
+    style: Callable[..., str] = click.style
+    for query, hits in zip(queries, results, strict=True):
+        click.echo(style(f"# {query}", bold=True))
+        if not hits:
+            click.echo("  (no match)")
+        for rank, hit in enumerate(hits, 1):
+            click.echo(f"  {rank}. [{hit.score:.3f}] {style(hit.title, fg='cyan')} (id {hit.id})")
+            text = hit.text.replace("\n", " ")
+            click.echo(f"     {text[:200]}{'…' if len(text) > 200 else ''}")
+
+
+def _serve_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
+    from searchr1.retrieval.server import ServerConfig
+
+    return field_option(ServerConfig, name, *decls, **kwargs)
+
+
+@click.command("serve")
+@_serve_option(
+    "index",
+    "index_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@_serve_option("host")
+@_serve_option("port", type=click.IntRange(0, 65535))
+@_serve_option("topk", type=click.IntRange(1))
+@_serve_option("mode", type=click.Choice(MODES))
+@_serve_option("device")
+@_serve_option("encoder_dtype", type=click.Choice(ENCODER_DTYPES))
+@_serve_option("exact", is_flag=True)
+@_serve_option("max_topk", type=click.IntRange(1))
+@_serve_option("max_queries", type=click.IntRange(1))
+@_serve_option("max_body_bytes", type=click.IntRange(1))
+@_serve_option("body_timeout_s", type=click.FloatRange(0, min_open=True))
+@_serve_option("max_batch", type=click.IntRange(1))
+@_serve_option("max_wait_ms", type=click.FloatRange(0, 10_000))
+@_serve_option("allow_empty_queries", is_flag=True)
+@_serve_option("shutdown_timeout_s", type=click.IntRange(1))
+@_serve_option("log_level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve_cmd(index_dir: Path, **options: Any) -> None:
+    """Serve an index over HTTP with Search-R1's API (POST /retrieve).
+
+    Requests are {"queries": [...], "topk": 3, "return_scores": true}; the answer is
+    {"result": [[{"document": {"id", "contents"}, "score"}, ...] per query]}, so
+    Search-R1's trainer can use it as its search_url (http://HOST:PORT/retrieve).
+    GET /health says what is served; GET /metrics is Prometheus text.
+
+    Queries of concurrent requests are searched together in micro-batches (up to
+    --max-batch queries, waiting at most --max-wait-ms for more). Bad requests get a
+    4xx with {"error": "..."}. SIGTERM stops it gracefully (exit status 0).
+
+    \b
+    Example:
+      searchr1 serve --index indexes/wiki-18 --port 8000
+      curl -s localhost:8000/retrieve -d '{"queries": ["who wrote dune"], "topk": 3}'
+    """
+    from searchr1.retrieval.server import ServerConfig, serve
+
+    with user_errors():
+        serve(ServerConfig(index=index_dir, **options))
+
+
+COMMANDS = (parse_action_cmd, index_cmd, search_cmd, serve_cmd)
