@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from searchr1.cli import main
 from searchr1.data import load_qa
 from searchr1.data.prepare import convert_row, prepare, read_rows
 from searchr1.errors import InputError
-from searchr1.rollout.prompt import build_prompt
+from searchr1.rollout.prompt import PROMPT_TEMPLATE, build_prompt, normalize_question
 
-HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -30,7 +31,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def search_r1_row(
-    question: str, answers: list[str], index: int, source: str = "nq"
+    question: str, answers: list[str], index: int, source: str = "nq", split: str = "train"
 ) -> dict[str, Any]:
     """A row as Search-R1's scripts/data_process/nq_search.py writes it (FlashRAG's
     columns kept, its own added)."""
@@ -38,14 +39,14 @@ def search_r1_row(
     if not question.endswith("?"):
         question += "?"
     return {
-        "id": f"train_{index}",
+        "id": f"{split}_{index}",
         "question": question,
         "golden_answers": answers,
         "data_source": source,
         "prompt": [{"role": "user", "content": build_prompt(question)}],
         "ability": "fact-reasoning",
         "reward_model": {"style": "rule", "ground_truth": {"target": answers}},
-        "extra_info": {"split": "train", "index": index},
+        "extra_info": {"split": split, "index": index},
     }
 
 
@@ -217,14 +218,20 @@ def test_inputs_are_checked(tmp_path: Path) -> None:
         prepare(bad_array, tmp_path / "out.jsonl")
 
 
-@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed")
-def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
+def test_parquet_without_pyarrow_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hide pyarrow (installed for the tests) as if it were not: None in sys.modules makes
+    # its import raise ModuleNotFoundError.
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     src = tmp_path / "train.parquet"
     src.write_bytes(b"PAR1")
-    with pytest.raises(InputError, match=r"pip install pyarrow"):
+    with pytest.raises(InputError, match=rf"^{re.escape(str(src))}: .*pip install pyarrow"):
         prepare(src, tmp_path / "out.jsonl")
     result = CliRunner().invoke(main, ["prepare", str(src), "--out", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1 and "pip install pyarrow" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet"]
 
 
 def test_parquet_as_search_r1_writes_it(tmp_path: Path) -> None:
@@ -235,6 +242,282 @@ def test_parquet_as_search_r1_writes_it(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     assert prepare(tmp_path / "train.parquet", out, limit=3).written == 3
     assert [q.golden_answers for q in load_qa(out)] == [("answer 0",), ("answer 1",), ("answer 2",)]
+
+
+# Search-R1's parquet files (scripts/data_process/nq_search.py there: FlashRAG's rows
+# through datasets' map, then to_parquet). Their own columns, as the Hub shows them.
+SEARCH_R1_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
+
+# NQ test questions as FlashRAG ships them (from shared/data/nq_sample.jsonl): non-ASCII
+# text, several answers, no-break spaces inside an answer.
+NQ = [
+    {
+        "id": "test_0",
+        "question": "who got the first nobel prize in physics",
+        "golden_answers": ["Wilhelm Conrad R\u00f6ntgen"],
+    },
+    {
+        "id": "test_2",
+        "question": "which mode is used for short wave broadcast service",
+        "golden_answers": ["Olivia", "MFSK"],
+    },
+    {
+        "id": "test_7",
+        "question": "when is the next scandal episode coming out",
+        "golden_answers": ["February\u00a01,\u00a02018"],
+    },
+    {
+        "id": "test_12",
+        "question": "how many episodes are there in dragon ball z",
+        "golden_answers": ["291 episodes", "291"],
+    },
+]
+
+
+def search_r1_parquet_rows(
+    flashrag: list[dict[str, Any]], split: str, source: str = "nq", own_only: bool = True
+) -> list[dict[str, Any]]:
+    """FlashRAG's rows as nq_search.py turns them into Search-R1's (index = row number);
+    ``own_only`` keeps only Search-R1's own columns, so the question has to come from the
+    prompt, the answers from reward_model and the id from extra_info."""
+    rows = []
+    for index, r in enumerate(flashrag):
+        row = search_r1_row(r["question"], r["golden_answers"], index, source, split)
+        row["id"] = r["id"]
+        rows.append({k: row[k] for k in SEARCH_R1_COLUMNS} if own_only else row)
+    return rows
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]], **options: Any) -> Path:
+    """``rows`` in a parquet file typed as Search-R1's (nested structs and lists, the
+    struct fields in the Hub's order); FlashRAG's columns too when any row has them,
+    null where a row lacks one."""
+    pa = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    answers = pa.list_(pa.string())
+    fields = []
+    if any("question" in r or "golden_answers" in r for r in rows):
+        fields += [("id", pa.string()), ("question", pa.string()), ("golden_answers", answers)]
+    fields += [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+        ("ability", pa.string()),
+        (
+            "reward_model",
+            pa.struct([("ground_truth", pa.struct([("target", answers)])), ("style", pa.string())]),
+        ),
+        ("extra_info", pa.struct([("index", pa.int64()), ("split", pa.string())])),
+    ]
+    table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+    parquet.write_table(table, path, **options)
+    return path
+
+
+def test_parquet_in_search_r1_layout(tmp_path: Path) -> None:
+    """nq_search.py's test.parquet, only its own columns: what prepare makes of it."""
+    parquet = pytest.importorskip("pyarrow.parquet")
+    src = write_parquet(tmp_path / "test.parquet", search_r1_parquet_rows(NQ, "test"))
+    schema = parquet.read_schema(src)
+    assert schema.names == list(SEARCH_R1_COLUMNS)
+    assert str(schema.field("reward_model").type) == (
+        "struct<ground_truth: struct<target: list<element: string>>, style: string>"
+    )
+    where, first = next(read_rows(src))
+    assert where == f"{src} row 1"
+    assert first == {
+        "data_source": "nq",
+        "prompt": [
+            {"content": PROMPT_TEMPLATE.format(question=NQ[0]["question"] + "?"), "role": "user"}
+        ],
+        "ability": "fact-reasoning",
+        "reward_model": {"ground_truth": {"target": NQ[0]["golden_answers"]}, "style": "rule"},
+        "extra_info": {"index": 0, "split": "test"},
+    }
+    assert first["prompt"][0]["content"].endswith(f"Question: {NQ[0]['question']}?\n")
+
+    out = tmp_path / "out.jsonl"
+    report = prepare(src, out)
+    assert (report.read, report.written, report.duplicates, report.renamed_ids) == (4, 4, 0, 0)
+    expected = [
+        {
+            "id": f"test_{i}",
+            "question": r["question"] + "?",
+            "golden_answers": r["golden_answers"],
+            "data_source": "nq",
+        }
+        for i, r in enumerate(NQ)
+    ]
+    assert read_jsonl(out) == expected
+    # Non-ASCII text is written as it is, not escaped.
+    assert "R\u00f6ntgen" in out.read_text(encoding="utf-8")
+    # load_qa reads the parquet itself the same way.
+    as_read = [(q.id, q.question, q.golden_answers, q.data_source) for q in load_qa(src)]
+    assert as_read == [(q.id, q.question, q.golden_answers, q.data_source) for q in load_qa(out)]
+
+
+@pytest.mark.parametrize("layout", ["own columns", "with FlashRAG's columns", "mixed"])
+def test_parquet_rows_are_the_jsonl_rows(tmp_path: Path, layout: str) -> None:
+    """The same rows as parquet and as JSONL come out identical."""
+    rows = search_r1_parquet_rows(NQ, "train", own_only=layout == "own columns")
+    if layout == "mixed":
+        # Rows with and without FlashRAG's columns in one file: parquet has nulls where
+        # JSONL has no key, which must change nothing.
+        full = search_r1_parquet_rows(NQ, "train", own_only=False)
+        rows = [full[i] if i % 2 else rows[i] for i in range(len(rows))]
+    # Answers to clean (spaces, a repeat, an empty one), from golden_answers or, with
+    # only Search-R1's columns, from reward_model; no question or id but the prompt's.
+    last = search_r1_row("  Who wrote Dune ", [" Frank Herbert ", "Frank Herbert", ""], 9)
+    last.update(id=None, question=None, data_source="hotpotqa")
+    if layout == "own columns":
+        last = {k: last[k] for k in SEARCH_R1_COLUMNS}
+    rows.append(last)
+    parquet_src = write_parquet(tmp_path / "train.parquet", rows)
+    jsonl_src = write_jsonl(tmp_path / "train.jsonl", rows)
+    for options in ({}, {"dedupe": True, "limit": 3}, {"data_source": "mine"}):
+        from_parquet = prepare(parquet_src, tmp_path / "a.jsonl", **options)
+        from_jsonl = prepare(jsonl_src, tmp_path / "b.jsonl", **options)
+        assert from_parquet.written == from_jsonl.written > 0
+        assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    # Spot-check the last (converted, no override) row.
+    prepare(parquet_src, tmp_path / "a.jsonl")
+    assert read_jsonl(tmp_path / "a.jsonl")[-1] == {
+        "id": "train_9",
+        "question": "Who wrote Dune?",
+        "golden_answers": ["Frank Herbert"],
+        "data_source": "hotpotqa",
+    }
+
+
+def test_parquet_several_files(tmp_path: Path) -> None:
+    """Search-R1's nq_hotpotqa_train layout: a train file mixing data sources, a test
+    file, and another dataset's train file numbered from train_0 again; a JSONL file
+    among them. Rows stay in order; repeated ids get their data source."""
+    mixed = search_r1_parquet_rows(NQ[:2], "train")
+    mixed.append(search_r1_row("which river flows through Bonn", ["Rhine"], 2, "hotpotqa"))
+    mixed[2] = {k: mixed[2][k] for k in SEARCH_R1_COLUMNS}
+    train = write_parquet(tmp_path / "train.parquet", mixed)
+    test = write_parquet(tmp_path / "test.parquet", search_r1_parquet_rows(NQ[2:], "test"))
+    trivia = write_parquet(
+        tmp_path / "triviaqa.parquet",
+        search_r1_parquet_rows(FLASHRAG, "train", source="triviaqa", own_only=False),
+    )
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"question": "capital of chile", "answer": 1}])
+    out = tmp_path / "out.jsonl"
+    report = prepare([train, extra, test, trivia], out)
+    assert (report.read, report.written, report.renamed_ids) == (8, 8, 2)
+    got = [(r["id"], r["question"], r["data_source"]) for r in read_jsonl(out)]
+    assert got == [
+        ("train_0", "who got the first nobel prize in physics?", "nq"),
+        ("train_1", "which mode is used for short wave broadcast service?", "nq"),
+        ("train_2", "which river flows through Bonn?", "hotpotqa"),
+        ("extra_3", "capital of chile", "extra"),
+        ("test_0", "when is the next scandal episode coming out?", "nq"),
+        ("test_1", "how many episodes are there in dragon ball z?", "nq"),
+        ("triviaqa_train_0", "who wrote dune?", "triviaqa"),
+        ("triviaqa_train_1", "capital of peru?", "triviaqa"),
+    ]
+    assert read_jsonl(out)[-1]["golden_answers"] == ["Lima", "Lima, Peru"]
+
+    # Dedupe across files (the same question in two parquet files), and the command.
+    again = write_parquet(tmp_path / "again.parquet", search_r1_parquet_rows(NQ[:1], "dev"))
+    result = CliRunner().invoke(
+        main, ["prepare", str(train), str(again), "--out", str(out), "--dedupe"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote 3 of 4 rows read to {out} (1 duplicate questions dropped)\n"
+    assert [q.id for q in load_qa(out)] == ["train_0", "train_1", "train_2"]
+
+
+NO_ANSWER = "no answers"
+EMPTY_TARGET = "'reward_model.ground_truth.target' holds no non-empty answer"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"reward_model": None}, NO_ANSWER),
+        ({"reward_model": {"ground_truth": None, "style": "rule"}}, NO_ANSWER),
+        ({"reward_model": {"ground_truth": {"target": None}, "style": "rule"}}, NO_ANSWER),
+        ({"reward_model": {"ground_truth": {"target": []}, "style": "rule"}}, EMPTY_TARGET),
+        ({"reward_model": {"ground_truth": {"target": [" ", ""]}}}, EMPTY_TARGET),
+        ({"prompt": None}, "no user message text"),
+        ({"prompt": []}, "no user message text"),
+        ({"prompt": [{"content": "no marker here", "role": "user"}]}, "no 'Question:'"),
+        ({"prompt": [{"content": "Question: ", "role": "user"}]}, "non-empty string"),
+    ],
+)
+def test_a_bad_parquet_row_names_file_and_row(
+    tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    """The bad row is the 6th of the second file, in its third row group, and it is
+    named so; nothing is written."""
+    good = write_parquet(tmp_path / "good.parquet", search_r1_parquet_rows(NQ, "train"))
+    rows = search_r1_parquet_rows(NQ + FLASHRAG + FLASHRAG, "test")
+    rows[5] = {**rows[5], **change}
+    bad = write_parquet(tmp_path / "bad.parquet", rows, row_group_size=2)
+    assert pytest.importorskip("pyarrow.parquet").ParquetFile(bad).num_row_groups == 4
+    out = tmp_path / "out.jsonl"
+    out.write_text("old contents\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(bad))} row 6: .*{re.escape(problem)}"):
+        prepare([good, bad], out)
+    assert out.read_text() == "old contents\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.parquet",
+        "good.parquet",
+        "out.jsonl",
+    ]
+    with pytest.raises(InputError, match=rf"^{re.escape(str(bad))} row 6: "):
+        load_qa(bad)
+    result = CliRunner().invoke(main, ["prepare", str(good), str(bad), "--out", str(out)])
+    assert result.exit_code == 1 and f"{bad} row 6: " in result.output
+    assert out.read_text() == "old contents\n"
+
+
+def test_parquet_rows_are_numbered_across_batches(tmp_path: Path) -> None:
+    """pyarrow hands the rows over in batches (of 4,096): the numbering runs on."""
+    flashrag = [{"id": f"x{i}", "question": f"q{i}", "golden_answers": ["a"]} for i in range(4100)]
+    rows = search_r1_parquet_rows(flashrag, "train")
+    src = write_parquet(tmp_path / "train.parquet", rows, row_group_size=1000)
+    assert prepare(src, tmp_path / "out.jsonl").written == 4100
+    assert read_jsonl(tmp_path / "out.jsonl")[-1]["id"] == "train_4099"
+    rows[4098]["reward_model"] = None
+    write_parquet(src, rows, row_group_size=1000)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(src))} row 4099: no answers"):
+        prepare(src, tmp_path / "out.jsonl")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="prepare.py lets pyarrow's ArrowInvalid (a ValueError, not an InputError) "
+    "through: the message does not name the file, and the command shows a traceback",
+)
+def test_a_file_that_is_not_parquet_is_an_input_error(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    src = tmp_path / "train.parquet"
+    src.write_bytes(b"PAR1")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(src))}"):
+        prepare(src, tmp_path / "out.jsonl")
+
+
+@pytest.mark.skipif(not (SHARED / "nq_sample.jsonl").exists(), reason="shared/data absent")
+def test_parquet_of_the_nq_sample(tmp_path: Path) -> None:
+    """The whole real NQ sample through nq_search.py's layout and back."""
+    sample = read_jsonl(SHARED / "nq_sample.jsonl")
+    src = write_parquet(tmp_path / "test.parquet", search_r1_parquet_rows(sample, "test"))
+    out = tmp_path / "out.jsonl"
+    assert prepare(src, out).written == len(sample) > 0
+    assert read_jsonl(out) == [
+        {
+            "id": f"test_{i}",
+            "question": normalize_question(r["question"]),
+            "golden_answers": r["golden_answers"],
+            "data_source": "nq",
+        }
+        for i, r in enumerate(sample)
+    ]
+    # The sample's own ids are test_0, test_1, ... as extra_info's are.
+    assert [r["id"] for r in read_jsonl(out)] == [r["id"] for r in sample]
 
 
 def test_prepare_command(tmp_path: Path) -> None:
