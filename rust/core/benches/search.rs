@@ -64,8 +64,6 @@ fn flat_index(dir: &Path, vectors: &[f32], dim: usize) -> FlatIndex {
         dim,
         dtype: DType::F32,
         rows,
-        encoder: serde_json::Value::Null,
-        hnsw: None,
     };
     FlatIndex::open(dir, settings).unwrap()
 }

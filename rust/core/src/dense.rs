@@ -19,7 +19,6 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IndexError;
-use crate::hnsw::HnswSettings;
 use crate::simd;
 use crate::topk::{Scored, TopK};
 
@@ -77,16 +76,13 @@ pub fn quantize_row(v: &[f32], out: &mut Vec<i8>) -> f32 {
     scale
 }
 
-/// The dense part of a manifest. `encoder` is whatever the Python encoder records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a [`FlatIndex`] needs to read `vectors.bin`: rows of `dim` values as `dtype`
+/// (recorded in the manifest's dense part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DenseSettings {
     pub dim: usize,
     pub dtype: DType,
     pub rows: u64,
-    pub encoder: serde_json::Value,
-    /// The HNSW graph beside the vectors, if one was built.
-    #[serde(default)]
-    pub hnsw: Option<HnswSettings>,
 }
 
 /// Appends vectors, one row per passage in corpus order.
@@ -445,13 +441,7 @@ mod tests {
     use super::*;
 
     fn settings(rows: u64, dim: usize, dtype: DType) -> DenseSettings {
-        DenseSettings {
-            dim,
-            dtype,
-            rows,
-            encoder: serde_json::Value::Null,
-            hnsw: None,
-        }
+        DenseSettings { dim, dtype, rows }
     }
 
     #[test]

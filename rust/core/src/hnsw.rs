@@ -530,8 +530,6 @@ impl HnswIndex {
             dim: flat.dim(),
             dtype,
             rows,
-            encoder: serde_json::Value::Null,
-            hnsw: None,
         };
         FlatIndex::open(codes_dir, settings)
     }
@@ -729,8 +727,6 @@ mod tests {
             dim,
             dtype,
             rows: rows as u64,
-            encoder: serde_json::Value::Null,
-            hnsw: None,
         };
         (vectors, FlatIndex::open(dir, settings).unwrap())
     }

@@ -9,53 +9,26 @@
 //!   dense/          vectors by row, and an optional HNSW graph
 //! ```
 //!
-//! The manifest is written last, atomically: a directory without one is an index whose
-//! build did not finish, and opening it says so.
+//! This layer owns the manifest ([`crate::manifest`]): an [`IndexBuilder`] writes the
+//! parts first and the manifest once, last, so a directory without one is an index
+//! whose build did not finish, and opening it says so.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use crate::bm25::{Bm25Index, Bm25Settings, ScoredPassage};
 use crate::corpus::CorpusReader;
-use crate::dense::{DenseSettings, FlatIndex};
+use crate::dense::FlatIndex;
 use crate::docstore::{DocStore, DocStoreWriter};
 use crate::error::IndexError;
 use crate::hnsw::{HnswIndex, HnswSettings};
+use crate::manifest::{self, CorpusInfo, DenseInfo, Manifest};
 
-/// The `format` field of every manifest.
-pub const FORMAT: &str = "searchr1-index";
-/// The manifest version this build writes and reads.
-pub const VERSION: u32 = 2;
-const MANIFEST: &str = "manifest.json";
 const BM25_DIR: &str = "bm25";
 /// Where dense vectors and their passages live inside an index directory.
 pub const DENSE_DIR: &str = "dense";
-
-/// Where the passages came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CorpusInfo {
-    pub path: String,
-    pub crc32: u32,
-    pub bytes: u64,
-    pub passages: u64,
-    pub skipped_lines: u64,
-}
-
-/// The contents of `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: String,
-    pub version: u32,
-    pub created_by: String,
-    pub corpus: CorpusInfo,
-    pub bm25: Option<Bm25Settings>,
-    #[serde(default)]
-    pub dense: Option<DenseSettings>,
-}
 
 /// How to build an index.
 #[derive(Debug, Clone)]
@@ -97,26 +70,39 @@ fn progress_bar(enabled: bool, total: u64, prefix: &'static str, counts: &str) -
     bar
 }
 
-/// Builds an index of `corpus` in `out` (absent or empty); returns its manifest.
-///
-/// When the build fails, what it wrote is removed again, so the same command can be
-/// rerun once the problem is fixed.
+/// Builds an index of `corpus` in `out` (absent or empty) with passages and BM25 only;
+/// returns its manifest. See [`IndexBuilder`] to add dense vectors in the same build.
 pub fn build(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manifest, IndexError> {
-    let existed = out.exists();
-    if existed {
-        let mut entries = std::fs::read_dir(out).map_err(|e| IndexError::io(out, e))?;
-        if entries.next().is_some() {
-            return Err(IndexError::Settings(format!(
-                "{} is not empty; refusing to overwrite it (remove it or pick another --out)",
-                out.display()
-            )));
+    IndexBuilder::create(corpus, out, options)?.finish()
+}
+
+/// An index being built in a directory that was absent or empty: the passages (and
+/// BM25) first, then, optionally, dense vectors and an HNSW graph over them;
+/// [`IndexBuilder::finish`] writes the manifest, last.
+///
+/// A builder dropped unfinished (a step failed, or the caller gave up) removes what the
+/// build wrote, so the same command can be rerun once the problem is fixed.
+pub struct IndexBuilder {
+    dir: PathBuf,
+    manifest: Manifest,
+    cleanup: Cleanup,
+}
+
+/// Removes what a build wrote into its directory, unless disarmed.
+struct Cleanup {
+    dir: PathBuf,
+    /// The directory was there (empty) before the build: only its contents go.
+    existed: bool,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
         }
-    }
-    let result = build_into(corpus, out, options);
-    if result.is_err() {
-        // `out` was absent or empty: everything in it is this build's.
-        if existed {
-            for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
+        if self.existed {
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
                 let path = entry.path();
                 let _ = if path.is_dir() {
                     std::fs::remove_dir_all(&path)
@@ -125,13 +111,80 @@ pub fn build(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manife
                 };
             }
         } else {
-            let _ = std::fs::remove_dir_all(out);
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-    result
 }
 
-fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manifest, IndexError> {
+impl IndexBuilder {
+    /// Starts an index of `corpus` in `out` (absent or empty): stores the passages and,
+    /// when `options.bm25` is set, builds the BM25 index.
+    pub fn create(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Self, IndexError> {
+        let existed = out.exists();
+        if existed {
+            let mut entries = std::fs::read_dir(out).map_err(|e| IndexError::io(out, e))?;
+            if entries.next().is_some() {
+                return Err(IndexError::Settings(format!(
+                    "{} is not empty; refusing to overwrite it (remove it or pick another --out)",
+                    out.display()
+                )));
+            }
+        }
+        let cleanup = Cleanup {
+            dir: out.to_owned(),
+            existed,
+            armed: true,
+        };
+        let manifest = write_passages(corpus, out, options)?;
+        Ok(IndexBuilder {
+            dir: out.to_owned(),
+            manifest,
+            cleanup,
+        })
+    }
+
+    /// The index directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest [`IndexBuilder::finish`] will write, as it stands.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Records the dense vectors written into the `dense` directory (by a
+    /// [`crate::dense::DenseWriter`]), after checking they open.
+    pub fn add_dense(&mut self, dense: DenseInfo) -> Result<(), IndexError> {
+        record_dense(&self.dir, &mut self.manifest, dense)
+    }
+
+    /// Builds an HNSW graph over the dense vectors on `threads` threads.
+    pub fn add_hnsw(
+        &mut self,
+        settings: HnswSettings,
+        threads: usize,
+        progress: bool,
+    ) -> Result<(), IndexError> {
+        build_graph(&self.dir, &mut self.manifest, settings, threads, progress)
+    }
+
+    /// Writes the manifest, which completes the index; returns it.
+    pub fn finish(self) -> Result<Manifest, IndexError> {
+        let IndexBuilder {
+            dir,
+            manifest,
+            mut cleanup,
+        } = self;
+        manifest::write(&dir, &manifest)?;
+        cleanup.armed = false;
+        Ok(manifest)
+    }
+}
+
+/// Stores the passages of `corpus` in `out` (and indexes them for BM25 when set);
+/// returns the manifest of an index of just those.
+fn write_passages(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manifest, IndexError> {
     if let Some(bm25) = &options.bm25 {
         bm25.validate()?;
     }
@@ -182,47 +235,37 @@ fn build_into(corpus: &Path, out: &Path, options: &BuildOptions) -> Result<Manif
     store.finish()?;
     bar.finish_and_clear();
     let sum = reader.checksum();
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        version: VERSION,
-        created_by: format!("searchr1 {}", env!("CARGO_PKG_VERSION")),
-        corpus: CorpusInfo {
-            path: corpus.display().to_string(),
-            crc32: sum.crc32,
-            bytes: sum.bytes,
-            passages,
-            skipped_lines: reader.skipped(),
-        },
-        bm25: options.bm25,
-        dense: None,
+    let corpus = CorpusInfo {
+        path: corpus.display().to_string(),
+        crc32: sum.crc32,
+        bytes: sum.bytes,
+        passages,
+        skipped_lines: reader.skipped(),
     };
-    write_manifest(out, &manifest)?;
-    Ok(manifest)
+    Ok(Manifest::new(corpus, options.bm25))
 }
 
-/// Records the dense vectors written in `dir/dense` in the manifest of the index `dir`.
-pub fn add_dense(dir: &Path, dense: DenseSettings) -> Result<Manifest, IndexError> {
-    let mut manifest = read_manifest(dir)?;
-    if dense.rows != manifest.corpus.passages {
+/// Checks the vectors in `dir/dense` against `manifest` and records them there.
+fn record_dense(dir: &Path, manifest: &mut Manifest, dense: DenseInfo) -> Result<(), IndexError> {
+    if dense.vectors.rows != manifest.corpus.passages {
         return Err(IndexError::Settings(format!(
             "{} vectors for a corpus of {} passages",
-            dense.rows, manifest.corpus.passages
+            dense.vectors.rows, manifest.corpus.passages
         )));
     }
-    FlatIndex::open(&dir.join(DENSE_DIR), dense.clone())?;
+    FlatIndex::open(&dir.join(DENSE_DIR), dense.vectors)?;
     manifest.dense = Some(dense);
-    write_manifest(dir, &manifest)?;
-    Ok(manifest)
+    Ok(())
 }
 
-/// Builds an HNSW graph over the dense vectors of the index `dir` and records it.
-pub fn add_hnsw(
+/// Builds an HNSW graph over the dense vectors of `dir` and records it in `manifest`.
+fn build_graph(
     dir: &Path,
+    manifest: &mut Manifest,
     settings: HnswSettings,
     threads: usize,
     progress: bool,
-) -> Result<Manifest, IndexError> {
-    let mut manifest = read_manifest(dir)?;
+) -> Result<(), IndexError> {
     let Some(dense) = manifest.dense.as_mut() else {
         return Err(IndexError::Settings(format!(
             "{} has no dense vectors to build a graph over",
@@ -230,64 +273,37 @@ pub fn add_hnsw(
         )));
     };
     let dense_dir = dir.join(DENSE_DIR);
-    let flat = FlatIndex::open(&dense_dir, dense.clone())?;
+    let flat = FlatIndex::open(&dense_dir, dense.vectors)?;
     let bar = progress_bar(progress, flat.rows() as u64, "graph", "{pos}/{len} vectors");
     HnswIndex::build(&dense_dir, &flat, settings, threads, |n| {
         bar.set_position(n as u64)
     })?;
     bar.finish_and_clear();
     dense.hnsw = Some(settings);
-    write_manifest(dir, &manifest)?;
+    Ok(())
+}
+
+/// Records the dense vectors written in `dir/dense` in the manifest of the finished
+/// index `dir`.
+pub fn add_dense(dir: &Path, dense: DenseInfo) -> Result<Manifest, IndexError> {
+    let mut manifest = manifest::read(dir)?;
+    record_dense(dir, &mut manifest, dense)?;
+    manifest::write(dir, &manifest)?;
     Ok(manifest)
 }
 
-fn write_manifest(out: &Path, manifest: &Manifest) -> Result<(), IndexError> {
-    let tmp = out.join(format!("{MANIFEST}.tmp"));
-    let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-    file.write_all(&body).map_err(|e| IndexError::io(&tmp, e))?;
-    file.sync_all().map_err(|e| IndexError::io(&tmp, e))?;
-    std::fs::rename(&tmp, out.join(MANIFEST)).map_err(|e| IndexError::io(out, e))
-}
-
-/// Reads and checks the manifest of the index in `dir`.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
-    let path = dir.join(MANIFEST);
-    if !dir.is_dir() {
-        return Err(IndexError::io(
-            dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such index directory"),
-        ));
-    }
-    let body = match std::fs::read(&path) {
-        Ok(body) => body,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(IndexError::Corrupt(format!(
-                "{} has no {MANIFEST}: not a searchr1 index, or its build did not finish",
-                dir.display()
-            )))
-        }
-        Err(e) => return Err(IndexError::io(&path, e)),
-    };
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| IndexError::Corrupt(format!("{}: not valid JSON: {e}", path.display())))?;
-    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-        return Err(IndexError::Corrupt(format!(
-            "{}: \"format\" is not {FORMAT:?}",
-            path.display()
-        )));
-    }
-    match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == VERSION as u64 => {}
-        Some(v) => {
-            return Err(IndexError::Mismatch(format!(
-                "{}: index format version {v}, but this searchr1 reads version {VERSION}; rebuild the index",
-                path.display()
-            )))
-        }
-        None => return Err(IndexError::Corrupt(format!("{}: no \"version\"", path.display()))),
-    }
-    serde_json::from_value(value).map_err(|e| IndexError::Corrupt(format!("{}: {e}", path.display())))
+/// Builds an HNSW graph over the dense vectors of the finished index `dir` (replacing
+/// any graph it had) and records it.
+pub fn add_hnsw(
+    dir: &Path,
+    settings: HnswSettings,
+    threads: usize,
+    progress: bool,
+) -> Result<Manifest, IndexError> {
+    let mut manifest = manifest::read(dir)?;
+    build_graph(dir, &mut manifest, settings, threads, progress)?;
+    manifest::write(dir, &manifest)?;
+    Ok(manifest)
 }
 
 /// An opened index directory.
@@ -303,7 +319,7 @@ pub struct IndexDir {
 impl IndexDir {
     /// Opens the index in `dir`, checking its manifest.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        let manifest = read_manifest(dir)?;
+        let manifest = manifest::read(dir)?;
         let store = DocStore::open(dir)?;
         if store.len() as u64 != manifest.corpus.passages {
             return Err(IndexError::Corrupt(format!(
@@ -336,16 +352,12 @@ impl IndexDir {
             }
         }
         let dense = match &manifest.dense {
-            Some(settings) => Some(FlatIndex::open(&dir.join(DENSE_DIR), settings.clone())?),
+            Some(info) => Some(FlatIndex::open(&dir.join(DENSE_DIR), info.vectors)?),
             None => None,
         };
-        let hnsw = match (&manifest.dense, &dense) {
-            (
-                Some(DenseSettings {
-                    hnsw: Some(graph), ..
-                }),
-                Some(flat),
-            ) => Some(HnswIndex::open(&dir.join(DENSE_DIR), *graph, flat)?),
+        let graph = manifest.dense.as_ref().and_then(|d| d.hnsw);
+        let hnsw = match (graph, &dense) {
+            (Some(graph), Some(flat)) => Some(HnswIndex::open(&dir.join(DENSE_DIR), graph, flat)?),
             _ => None,
         };
         Ok(IndexDir {
@@ -465,16 +477,48 @@ mod tests {
         assert!(again.to_string().contains("refusing to overwrite"), "{again}");
 
         // A manifest from the future, and none at all.
-        let path = out.join(MANIFEST);
+        let path = out.join(manifest::FILE);
         let body = std::fs::read_to_string(&path)
             .unwrap()
-            .replace(&format!("\"version\": {VERSION}"), "\"version\": 99");
+            .replace(&format!("\"version\": {}", manifest::VERSION), "\"version\": 99");
         std::fs::write(&path, body).unwrap();
         let err = IndexDir::open(&out).err().unwrap();
         assert!(err.to_string().contains("version 99"), "{err}");
         std::fs::remove_file(&path).unwrap();
         let err = IndexDir::open(&out).err().unwrap();
         assert!(err.to_string().contains("build did not finish"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_manifest_comes_last_and_an_unfinished_build_leaves_nothing() {
+        let dir = tmp("builder");
+        let corpus = dir.join("corpus.jsonl");
+        std::fs::write(&corpus, "{\"id\": \"a\", \"contents\": \"x\"}\n").unwrap();
+        let out = dir.join("index");
+        let mut builder = IndexBuilder::create(&corpus, &out, &BuildOptions::default()).unwrap();
+        assert!(out.join("passages.bin").is_file());
+        assert!(!out.join(manifest::FILE).exists());
+        assert_eq!(builder.manifest().corpus.passages, 1);
+        let no_vectors = builder.add_hnsw(HnswSettings::default(), 1, false).unwrap_err();
+        assert!(
+            no_vectors.to_string().contains("no dense vectors"),
+            "{no_vectors}"
+        );
+        drop(builder);
+        assert!(
+            !out.exists(),
+            "a builder dropped unfinished removes its directory"
+        );
+
+        // A directory that was there (empty) stays, emptied.
+        std::fs::create_dir(&out).unwrap();
+        drop(IndexBuilder::create(&corpus, &out, &BuildOptions::default()).unwrap());
+        assert!(out.is_dir() && std::fs::read_dir(&out).unwrap().next().is_none());
+
+        let builder = IndexBuilder::create(&corpus, &out, &BuildOptions::default()).unwrap();
+        let manifest = builder.finish().unwrap();
+        assert_eq!(manifest::read(&out).unwrap(), manifest);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,7 +6,7 @@
 //!   so generation ends exactly at `</search>` or `</answer>` with nothing decoded.
 //! * [`corpus`], [`bm25`], [`index`]: the retriever — a streamed JSONL corpus, BM25
 //!   over tantivy scored as Lucene does with settable `k1` / `b`, batched search on
-//!   rayon, and an index directory with a manifest.
+//!   rayon, and an index directory whose [`manifest`] the index layer writes last.
 //! * [`dense`], [`hnsw`], [`simd`]: dense vectors searched exactly (blocked SGEMMs) or
 //!   through our own HNSW graph, with SIMD inner products chosen at run time.
 //! * [`pack`]: multi-turn rollouts into batch arrays with the loss mask that hides
@@ -22,6 +22,7 @@ pub mod docstore;
 pub mod error;
 pub mod hnsw;
 pub mod index;
+pub mod manifest;
 pub mod pack;
 pub mod simd;
 pub mod stop;
@@ -31,7 +32,8 @@ pub mod topk;
 pub use bm25::{Bm25Index, Bm25Settings, ScoredPassage};
 pub use corpus::{CorpusReader, Passage};
 pub use error::{CorpusError, IndexError, PackError, TagError};
-pub use index::{BuildOptions, IndexDir, Manifest};
+pub use index::{BuildOptions, IndexBuilder, IndexDir};
+pub use manifest::Manifest;
 pub use pack::{pack, pack_into, PackBuffers, PackConfig, PackedBatch, Segment, Trajectory};
 pub use stop::{StopAutomaton, StopMatch, TokenStopChecker, CONTINUE};
 pub use tags::{parse_action, Action, ActionKind, StopScanner};

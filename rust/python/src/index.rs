@@ -109,10 +109,12 @@ pub(crate) fn add_dense(
 ) -> Result<String> {
     let encoder: serde_json::Value = serde_json::from_str(encoder)
         .map_err(|e| Error::Py(InputError::new_err(format!("encoder settings are not JSON: {e}"))))?;
-    let settings = core::dense::DenseSettings {
-        dim,
-        dtype: core::dense::DType::parse(dtype)?,
-        rows,
+    let settings = core::manifest::DenseInfo {
+        vectors: core::dense::DenseSettings {
+            dim,
+            dtype: core::dense::DType::parse(dtype)?,
+            rows,
+        },
         encoder,
         hnsw: None,
     };
