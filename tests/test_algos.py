@@ -663,3 +663,42 @@ def test_token_logprobs_half_precision_and_shapes() -> None:
     close(out, [[-math.log(4)] * 2], tol=1e-6)
     with pytest.raises(ValueError, match="ids"):
         token_logprobs(logits, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_the_advantage_registry_is_the_dispatch() -> None:
+    from searchr1.rl.algos import (
+        ADVANTAGES,
+        AdvantageInputs,
+        compute_advantages,
+        gae_advantages,
+    )
+
+    torch.manual_seed(0)
+    mask = (torch.rand(6, 5) > 0.3).float()
+    mask[:, 0] = 1
+    scores = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    rewards = torch.zeros(6, 5)
+    rewards[:, 0] = scores
+    values = torch.randn(6, 5)
+    inputs = AdvantageInputs(scores, groups, mask, rewards, values, gamma=0.9, lam=0.8)
+    expected = {
+        "grpo": (grpo_advantages(scores, groups, mask), None),
+        "rloo": (rloo_advantages(scores, groups, mask), None),
+        "reinforce++": (reinforce_pp_advantages(rewards, mask, 0.9), None),
+        "ppo": gae_advantages(rewards, values, mask, 0.9, 0.8),
+    }
+    assert set(ADVANTAGES) == set(expected)
+    for name, (advantages, returns) in expected.items():
+        got, got_returns = compute_advantages(name, inputs)
+        torch.testing.assert_close(got, advantages)
+        if returns is None:
+            assert got_returns is None
+        else:
+            torch.testing.assert_close(got_returns, returns)
+    assert [n for n, e in ADVANTAGES.items() if e.critic] == ["ppo"]
+    assert {n for n, e in ADVANTAGES.items() if e.grouped} == {"grpo", "rloo"}
+    with pytest.raises(ValueError, match="unknown algorithm 'dpo'; known: grpo, rloo"):
+        compute_advantages("dpo", inputs)
+    with pytest.raises(ValueError, match="critic"):
+        compute_advantages("ppo", AdvantageInputs(scores, groups, mask, rewards))

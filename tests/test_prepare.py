@@ -486,12 +486,6 @@ def test_parquet_rows_are_numbered_across_batches(tmp_path: Path) -> None:
         prepare(src, tmp_path / "out.jsonl")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="prepare.py lets pyarrow's ArrowInvalid (a ValueError, not an InputError) "
-    "through: the message does not name the file, and the command shows a traceback",
-)
 def test_a_file_that_is_not_parquet_is_an_input_error(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     src = tmp_path / "train.parquet"

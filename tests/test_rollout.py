@@ -503,3 +503,19 @@ def test_tiny_model_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert all(
         t.startswith("<|im_start|>user\nAnswer the given question.") for t in result.transcripts
     )
+
+
+def test_logprobs_are_under_the_distribution_sampled_from(tiny_model_dir: Path) -> None:
+    """Generation.logprobs: after temperature, top-k and top-p (as vLLM's
+    processed_logprobs). With top-k 1 the distribution has one token: log-prob 0."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.rollout import HFEngine, SamplingConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    engine = HFEngine(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), tok)
+    prompts = [tok("who founded Riverton?")["input_ids"]]
+    one = engine.generate(prompts, SamplingConfig(max_tokens=8, seed=1, top_k=1, stop=()))[0]
+    assert np.all(one.logprobs == 0)
+    full = engine.generate(prompts, SamplingConfig(max_tokens=8, seed=1, stop=()))[0]
+    assert np.all(full.logprobs < 0)

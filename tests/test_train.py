@@ -96,6 +96,82 @@ def test_one_step_changes_the_parameters(tiny_model_dir: Path, world: Path, tmp_
             assert "value_loss" in metrics
 
 
+class _RecordingEngine:
+    """An HFEngine on its own copy of the model (as vLLM holds its own weights) that
+    records what the trainer asks of it."""
+
+    def __init__(self, module: Any, tokenizer: Any, calls: list[str]) -> None:
+        import copy
+
+        from searchr1.rollout import HFEngine
+
+        self.inner = HFEngine(copy.deepcopy(module), tokenizer)
+        self.tokenizer = tokenizer
+        self.calls = calls
+        self.awake = True
+        self.loaded: dict[str, Any] = {}
+
+    def generate(self, prompts: Any, sampling: Any) -> Any:
+        assert self.awake, "generate() while asleep"
+        self.calls.append("generate")
+        return self.inner.generate(prompts, sampling)
+
+    def load_weights(self, weights: Any) -> None:
+        assert self.awake, "load_weights() while asleep"
+        self.loaded = {k: v.clone() for k, v in weights}
+        self.calls.append("load_weights")
+        self.inner.load_weights(self.loaded.items())
+
+    def shares_weights(self, model: Any) -> bool:
+        return False
+
+    def sleep(self) -> None:
+        self.awake = False
+        self.calls.append("sleep")
+
+    def wake(self) -> None:
+        self.awake = True
+        self.calls.append("wake")
+
+
+def test_the_trainer_drives_any_engine_through_the_protocol(
+    tiny_model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer never asks which engine it has: an engine with weights of its own gets
+    the actor's after each update, and sleeps from the rollouts until then; one that
+    generates from the actor (hf) gets nothing to load."""
+    from searchr1.rl.trainer import Trainer
+    from searchr1.rollout import engines
+
+    calls: list[str] = []
+    kind = engines.EngineKind(
+        lambda o: _RecordingEngine(o.module, o.tokenizer, calls),  # type: ignore[arg-type, return-value]
+        from_module=True,
+    )
+    monkeypatch.setitem(engines.ENGINES, "recording", kind)
+    config = small_config(tiny_model_dir, world, tmp_path, algorithm="grpo")
+    config = replace(config, model=replace(config.model, engine="recording"))
+    trainer = Trainer(config)
+    trainer.step()
+    turns = config.rollout.max_turns + 1
+    assert calls[0] == "wake" and calls.count("generate") <= turns
+    assert calls[calls.index("generate") + calls.count("generate")] == "sleep"
+    assert calls[-2:] == ["wake", "load_weights"]
+    actor = trainer.actor.state_dict()
+    assert set(trainer.engine.loaded) == set(actor)
+    assert all(torch.equal(trainer.engine.loaded[k], v) for k, v in actor.items())
+    calls.clear()
+    trainer.validate()
+    assert calls[0] == "wake" and "generate" in calls
+
+    hf = Trainer(small_config(tiny_model_dir, world, tmp_path / "hf", algorithm="grpo"))
+    assert hf.engine.shares_weights(hf.actor)
+    loads: list[Any] = []
+    monkeypatch.setattr(hf.engine, "load_weights", loads.append)
+    hf.step()
+    assert loads == []
+
+
 def test_injected_tokens_contribute_no_gradient(
     tiny_model_dir: Path, world: Path, tmp_path: Path
 ) -> None:

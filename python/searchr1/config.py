@@ -36,7 +36,7 @@ class ModelConfig:
     """The policy model and how it generates."""
 
     path: str = field(default="", metadata={"help": "model directory (transformers format)"})
-    engine: Literal["hf", "vllm"] = field(
+    engine: str = field(
         default="hf", metadata={"help": "rollout engine: hf (transformers) or vllm"}
     )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
@@ -57,8 +57,9 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.engine not in ("hf", "vllm"):
-            raise ValueError(f"model.engine must be hf or vllm, got {self.engine!r}")
+        from searchr1.rollout.engines import ENGINES
+
+        _known("model.engine", self.engine, ENGINES)
 
 
 @dataclass(frozen=True)
@@ -81,17 +82,26 @@ class RetrievalConfig:
     mode: Literal["bm25", "dense", "hybrid"] = field(
         default="bm25", metadata={"help": "search mode of an in-process index"}
     )
+    timeout: float = field(
+        default=60.0, metadata={"help": "seconds one attempt at the server may wait (url)"}
+    )
+    retries: int = field(
+        default=3,
+        metadata={"help": "retries of a transient failure: connection, timeout, 429/502/503/504"},
+    )
 
     def __post_init__(self) -> None:
         if self.index and self.url:
             raise ValueError("give retrieval.index or retrieval.url, not both")
+        if self.timeout <= 0 or self.retries < 0:
+            raise ValueError("retrieval.timeout must be > 0 and retrieval.retries >= 0")
 
 
 @dataclass(frozen=True)
 class RLConfig:
-    """The algorithm and its optimisation (Search-R1's defaults; see shared DESIGN)."""
+    """The algorithm and its optimisation (Search-R1's defaults)."""
 
-    algorithm: Literal["grpo", "ppo", "rloo", "reinforce++"] = field(
+    algorithm: str = field(
         default="grpo", metadata={"help": "grpo, ppo (GAE with a critic), rloo, reinforce++"}
     )
     group_size: int = field(default=5, metadata={"help": "responses per prompt (GRPO, RLOO)"})
@@ -129,12 +139,16 @@ class RLConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ("grpo", "ppo", "rloo", "reinforce++"):
-            raise ValueError(f"rl.algorithm: unknown {self.algorithm!r}")
+        from searchr1.reward import REWARDS
+        from searchr1.rl.algos import ADVANTAGES, KL_ESTIMATORS
+
+        _known("rl.algorithm", self.algorithm, ADVANTAGES)
+        _known("rl.reward", self.reward, REWARDS)
+        _known("rl.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         for name in ("group_size", "batch_size", "micro_batch_size", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
-        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+        if ADVANTAGES[self.algorithm].grouped and self.group_size < 2:
             raise ValueError(f"rl.group_size must be >= 2 for {self.algorithm}")
         if self.mini_batch_size < 0:
             raise ValueError("rl.mini_batch_size must be >= 0")
@@ -231,6 +245,12 @@ class TrainConfig:
 
         text: str = yaml.safe_dump(self.to_dict(), sort_keys=False)
         return text
+
+
+def _known(name: str, value: str, registry: Any) -> None:
+    """``ValueError`` naming the known values when ``value`` is not in ``registry``."""
+    if value not in registry:
+        raise ValueError(f"{name}: unknown {value!r}; known: {', '.join(sorted(registry))}")
 
 
 def _resolve(owner: type, annotation: Any) -> Any:

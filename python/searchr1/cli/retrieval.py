@@ -14,6 +14,7 @@ import click
 from searchr1.cli._common import FC, dir_option, field_option, user_errors
 from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
 from searchr1.retrieval.index import MODES, VECTOR_DTYPES
+from searchr1.retrieval.server import LOG_LEVELS
 
 
 @click.command("parse-action")
@@ -204,7 +205,7 @@ def _serve_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
 @_serve_option("max_wait_ms", type=click.FloatRange(0, 10_000))
 @_serve_option("allow_empty_queries", is_flag=True)
 @_serve_option("shutdown_timeout_s", type=click.IntRange(1))
-@_serve_option("log_level", type=click.Choice(["debug", "info", "warning", "error"]))
+@_serve_option("log_level", type=click.Choice(LOG_LEVELS))
 def serve_cmd(index_dir: Path, **options: Any) -> None:
     """Serve an index over HTTP with Search-R1's API (POST /retrieve).
 

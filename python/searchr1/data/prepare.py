@@ -103,11 +103,16 @@ def _parquet_rows(path: Path) -> Generator[tuple[str, Any], None, None]:
             f"{path}: reading parquet needs pyarrow, which is not installed "
             "(pip install pyarrow), or convert the file to JSONL first"
         ) from exc
+    lib = importlib.import_module("pyarrow.lib")
     n = 0
-    for batch in parquet.ParquetFile(path).iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            n += 1
-            yield f"{path} row {n}", row
+    try:
+        with parquet.ParquetFile(path) as reader:
+            for batch in reader.iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield f"{path} row {n}", row
+    except lib.ArrowException as exc:  # not parquet, truncated, or a bad page
+        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
 
 
 def convert_row(

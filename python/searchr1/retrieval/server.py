@@ -57,6 +57,8 @@ __all__ = ["MicroBatcher", "ServerConfig", "create_app", "serve"]
 logger = logging.getLogger("uvicorn.error")
 
 JSON = "application/json"
+#: The log levels ``serve`` offers (uvicorn's).
+LOG_LEVELS = ("debug", "info", "warning", "error")
 ENDPOINTS = ("/retrieve", "/health", "/metrics")
 
 
@@ -125,9 +127,7 @@ class ServerConfig:
         default=30,
         metadata={"help": "On SIGTERM, how long requests in flight may take to finish."},
     )
-    log_level: str = field(
-        default="info", metadata={"help": "uvicorn's log level (debug, info, warning, error)."}
-    )
+    log_level: str = field(default="info", metadata={"help": "uvicorn's log level."})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -149,6 +149,10 @@ class ServerConfig:
         if self.shutdown_timeout_s < 1:
             raise InputError(
                 f"shutdown_timeout_s must be at least 1, not {self.shutdown_timeout_s}"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise InputError(
+                f"unknown log_level {self.log_level!r}; expected one of {', '.join(LOG_LEVELS)}"
             )
 
 

@@ -8,10 +8,14 @@ observation or padding). Importing this package needs torch.
 from __future__ import annotations
 
 from searchr1.rl.algos import (
+    ADVANTAGES,
     KL_ESTIMATORS,
     OUTCOME_ADVANTAGES,
+    AdvantageEstimator,
+    AdvantageInputs,
     KLEstimator,
     OutcomeAdvantageFn,
+    compute_advantages,
     entropy_from_logits,
     gae_advantages,
     grpo_advantages,
@@ -31,10 +35,14 @@ from searchr1.rl.algos import (
 )
 
 __all__ = [
+    "ADVANTAGES",
     "KL_ESTIMATORS",
     "OUTCOME_ADVANTAGES",
+    "AdvantageEstimator",
+    "AdvantageInputs",
     "KLEstimator",
     "OutcomeAdvantageFn",
+    "compute_advantages",
     "entropy_from_logits",
     "gae_advantages",
     "grpo_advantages",

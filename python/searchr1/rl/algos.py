@@ -13,21 +13,29 @@ Small pure tensor functions in the style of verl's ``core_algos`` and torchtune'
 Advantage estimators differ in what they need, so they are plain functions:
 :func:`gae_advantages` (PPO with a critic) and :func:`reinforce_pp_advantages` work on
 token rewards; the group-relative ones work on one score per sequence and are also listed
-in :data:`OUTCOME_ADVANTAGES`. KL estimators are listed in :data:`KL_ESTIMATORS`.
+in :data:`OUTCOME_ADVANTAGES`. :data:`ADVANTAGES` names the estimator of each algorithm
+and is the one dispatch (:func:`compute_advantages`); KL estimators are listed in
+:data:`KL_ESTIMATORS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "ADVANTAGES",
     "KL_ESTIMATORS",
     "OUTCOME_ADVANTAGES",
+    "AdvantageEstimator",
+    "AdvantageInputs",
     "KLEstimator",
     "OutcomeAdvantageFn",
+    "advantage_estimator",
+    "compute_advantages",
     "entropy_from_logits",
     "gae_advantages",
     "grpo_advantages",
@@ -271,6 +279,75 @@ OUTCOME_ADVANTAGES: dict[str, OutcomeAdvantageFn] = {
     "grpo": grpo_advantages,
     "rloo": rloo_advantages,
 }
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What any advantage estimator may read, over the whole batch.
+
+    ``scores``: ``[B]`` outcome rewards; ``group_ids``: ``[B]`` int64, equal for the
+    responses to one prompt; ``mask``: ``[B, T]``; ``token_rewards``: ``[B, T]``, the
+    outcome reward on each row's last sampled token (and any per-token penalty);
+    ``values``: ``[B, T]`` critic values, for the estimators that need a critic.
+    """
+
+    scores: Tensor
+    group_ids: Tensor
+    mask: Tensor
+    token_rewards: Tensor
+    values: Tensor | None = None
+    gamma: float = 1.0
+    lam: float = 1.0
+    norm_by_std: bool = True
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """An estimator by name: ``fn(inputs) -> (advantages [B, T], returns [B, T] | None)``
+    (returns: the critic's targets). ``critic``: it needs values (PPO's GAE).
+    ``grouped``: it compares the responses of a group, so groups need >= 2."""
+
+    fn: Callable[[AdvantageInputs], tuple[Tensor, Tensor | None]]
+    critic: bool = False
+    grouped: bool = False
+
+
+def _gae(x: AdvantageInputs) -> tuple[Tensor, Tensor | None]:
+    if x.values is None:
+        raise ValueError("GAE needs the critic's values")
+    return gae_advantages(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
+
+
+#: The advantage estimator of each algorithm (``rl.algorithm``): the one dispatch.
+ADVANTAGES: dict[str, AdvantageEstimator] = {
+    "grpo": AdvantageEstimator(
+        lambda x: (grpo_advantages(x.scores, x.group_ids, x.mask, x.norm_by_std), None),
+        grouped=True,
+    ),
+    "rloo": AdvantageEstimator(
+        lambda x: (rloo_advantages(x.scores, x.group_ids, x.mask), None), grouped=True
+    ),
+    "reinforce++": AdvantageEstimator(
+        lambda x: (reinforce_pp_advantages(x.token_rewards, x.mask, x.gamma), None)
+    ),
+    "ppo": AdvantageEstimator(_gae, critic=True),
+}
+
+
+def compute_advantages(algorithm: str, inputs: AdvantageInputs) -> tuple[Tensor, Tensor | None]:
+    """The advantages (and the critic's returns, or None) of ``algorithm``, a name in
+    :data:`ADVANTAGES`."""
+    return advantage_estimator(algorithm).fn(inputs)
+
+
+def advantage_estimator(algorithm: str) -> AdvantageEstimator:
+    """The :class:`AdvantageEstimator` of ``algorithm``; ``ValueError`` naming the known
+    ones when there is none."""
+    try:
+        return ADVANTAGES[algorithm]
+    except KeyError:
+        known = ", ".join(ADVANTAGES)
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: {known}") from None
 
 
 # --- KL ---------------------------------------------------------------------------------

@@ -10,14 +10,17 @@ of its bytes up to the end of the stop, which is the text Search-R1 trains on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from searchr1.tags import SEARCH_R1_STOPS, TokenStopChecker, vocab_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Engine",
@@ -64,8 +67,11 @@ class Generation:
     """What an engine generated after one prompt.
 
     ``token_ids``: int64 ``[n]``. ``logprobs``: float32 ``[n]``, the log-probability of
-    each token under the sampling distribution at the sampling temperature (before
-    top-k/top-p), 0 for tokens the engine re-tokenized after a stop inside a token.
+    each token under the distribution it was sampled from: the logits divided by the
+    temperature, then restricted by top-k and top-p (vLLM's ``processed_logprobs``);
+    with temperature 0, under the model's own distribution. 0 for tokens the engine
+    re-tokenized after a stop inside a token. (A trainer recomputes its old log-probs
+    from the model; these are what the engine saw.)
     ``stop``: the stop string that ended it, when ``finish_reason`` is ``"stop"``.
     """
 
@@ -89,7 +95,13 @@ def eos_token_ids(*values: Any) -> list[int]:
 
 @runtime_checkable
 class Engine(Protocol):
-    """Generates for a batch of tokenized prompts; see the module docstring."""
+    """Generates for a batch of tokenized prompts; see the module docstring.
+
+    Besides generating, an engine takes new weights from a trainer: :meth:`load_weights`
+    unless :meth:`shares_weights` says it generates from the trained module itself;
+    :meth:`sleep` frees its accelerator memory while the trainer updates, :meth:`wake`
+    takes it back (both no-ops where there is nothing to free).
+    """
 
     @property
     def tokenizer(self) -> Any:
@@ -100,6 +112,23 @@ class Engine(Protocol):
         self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
     ) -> list[Generation]:
         """One :class:`Generation` per prompt, in order."""
+        ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Takes named tensors (a state dict's items, full weights) into the model."""
+        ...
+
+    def shares_weights(self, model: Any) -> bool:
+        """Whether the engine generates from ``model``'s own parameters, so that an
+        update of ``model`` reaches it without :meth:`load_weights`."""
+        ...
+
+    def sleep(self) -> None:
+        """Frees accelerator memory until :meth:`wake` (the trainer's turn)."""
+        ...
+
+    def wake(self) -> None:
+        """Takes back what :meth:`sleep` freed; a no-op when awake."""
         ...
 
 

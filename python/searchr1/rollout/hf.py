@@ -90,12 +90,22 @@ class HFEngine:
         device: torch.device = next(self.model.parameters()).device
         return device
 
+    def shares_weights(self, model: Any) -> bool:
+        """Whether ``model`` is the module this engine generates from."""
+        return model is self.model
+
+    def sleep(self) -> None:
+        """Nothing to free: the model is the trainer's (or a copy it keeps in sync)."""
+
+    def wake(self) -> None:
+        """Nothing to take back."""
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies named tensors (a state dict's items) into the model in place."""
         import torch
 
-        params = dict(self.model.named_parameters())
-        params.update(dict(self.model.named_buffers()))
+        # The state dict names tied weights (an LM head sharing the embedding) twice.
+        params = self.model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name, tensor in weights:
                 if name not in params:
@@ -214,7 +224,8 @@ def _sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples one token per row: ``[n, V]`` logits in; ``[n]`` ids and log-probs out.
 
-    The log-prob is under the temperature-scaled distribution before top-k/top-p.
+    The log-prob is under the distribution sampled from: temperature-scaled, then
+    restricted by top-k and top-p (greedy: the model's own distribution).
     """
     import torch
 
@@ -238,4 +249,6 @@ def _sample(
         filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = torch.softmax(filtered, dim=-1)
     tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if filtered is not scaled:  # top-k or top-p removed tokens: renormalised log-probs
+        logprobs = torch.log_softmax(filtered, dim=-1)
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]

@@ -9,7 +9,7 @@ gets the same treatment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,19 @@ class ScriptedEngine:
     def tokenizer(self) -> Any:
         """The tokenizer the script's text goes through."""
         return self._tokenizer
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """A script has no weights: nothing to load."""
+
+    def shares_weights(self, model: Any) -> bool:
+        """A script says the same whatever the weights: nothing to sync."""
+        return True
+
+    def sleep(self) -> None:
+        """Nothing to free."""
+
+    def wake(self) -> None:
+        """Nothing to take back."""
 
     def generate(
         self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig

@@ -33,9 +33,10 @@ class VLLMEngine:
 
     ``dtype``: vLLM's (``auto``, ``bfloat16``, ``float32``...). ``gpu_memory_utilization``:
     the share of the GPU vLLM may take (leave room for the trainer when colocated).
-    ``enable_sleep_mode``: lets :meth:`sleep` free the GPU between rollouts (CUDA only).
-    Other keyword arguments go to ``vllm.LLM``. Reported log-probs are vLLM's
-    ``processed_logprobs``: after temperature, top-k and top-p.
+    ``enable_sleep_mode``: lets :meth:`sleep` free the GPU between rollouts (CUDA only;
+    without it :meth:`sleep` and :meth:`wake` do nothing). Other keyword arguments go to
+    ``vllm.LLM``. Reported log-probs are vLLM's ``processed_logprobs``: after
+    temperature, top-k and top-p, as the :class:`~searchr1.rollout.Engine` says.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class VLLMEngine:
         self.eos_token_ids = eos_token_ids(
             getattr(hf_config, "eos_token_id", None), self._tokenizer.eos_token_id
         )
+        self.sleep_mode = enable_sleep_mode
         self.sleeping = False
 
     @property
@@ -130,12 +132,19 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
         self.llm.reset_prefix_cache()
 
+    def shares_weights(self, model: Any) -> bool:
+        """Never: vLLM holds its own copy of the weights."""
+        return False
+
     def sleep(self, level: int = 1) -> None:
-        """Frees the GPU memory of the KV cache (and weights: level 1 offloads them)."""
-        self.llm.sleep(level=level)
-        self.sleeping = True
+        """Frees the GPU memory of the KV cache and offloads the weights to the CPU
+        (level 1), when the engine was made with ``enable_sleep_mode``."""
+        if self.sleep_mode and not self.sleeping:
+            self.llm.sleep(level=level)
+            self.sleeping = True
 
     def wake(self) -> None:
         """Takes the GPU memory back after :meth:`sleep`."""
-        self.llm.wake_up()
-        self.sleeping = False
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
