@@ -225,6 +225,26 @@ def test_index_errors(corpus: Path, tmp_path: Path) -> None:
         Retriever.open(out)
 
 
+def test_the_manifest_is_written_last(corpus: Path, tmp_path: Path) -> None:
+    from searchr1 import _core
+
+    out = tmp_path / "idx"
+    builder = _core.IndexBuilder(corpus, out, threads=2)
+    assert (out / "passages.bin").is_file() and not (out / "manifest.json").exists()
+    assert json.loads(builder.manifest)["corpus"]["passages"] == 400
+    with pytest.raises(InputError, match="no dense vectors"):
+        builder.add_hnsw()
+    assert json.loads(builder.finish()) == Retriever.open(out).manifest
+    with pytest.raises(InputError, match="finished"):
+        builder.finish()
+    builder.abort()  # nothing to undo once finished
+    assert Retriever.open(out).search(["river"], k=1)[0]
+
+    unfinished = _core.IndexBuilder(corpus, tmp_path / "gone", bm25=False)
+    unfinished.abort()
+    assert not (tmp_path / "gone").exists()
+
+
 def test_cli_index_and_search(corpus: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "idx"

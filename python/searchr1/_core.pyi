@@ -12,6 +12,7 @@ __all__ = [
     "CorpusBatches",
     "DenseWriter",
     "Index",
+    "IndexBuilder",
     "StopScanner",
     "TokenStopChecker",
     "__version__",
@@ -137,6 +138,49 @@ def build_index(
     progress: bool = False,
 ) -> str:
     """Builds an index of ``corpus`` in ``out``; returns the manifest as JSON text."""
+
+@final
+class IndexBuilder:
+    """An index being built in ``out`` (absent or empty): the passages (and BM25) on
+    creation, then optionally dense vectors and an HNSW graph; ``finish`` writes the
+    manifest, last. ``abort`` (or dropping the builder unfinished) removes what the
+    build wrote."""
+
+    def __new__(
+        cls,
+        corpus: PathLike[str] | str,
+        out: PathLike[str] | str,
+        *,
+        bm25: bool = True,
+        k1: float = 0.9,
+        b: float = 0.4,
+        stem: bool = True,
+        stopwords: bool = True,
+        threads: int | None = None,
+        memory_mb: int = 512,
+        skip_bad: bool = False,
+        progress: bool = False,
+    ) -> IndexBuilder: ...
+    @property
+    def manifest(self) -> str:
+        """The manifest ``finish`` will write, as it stands, as JSON text."""
+    def add_dense(self, dim: int, dtype: str, rows: int, encoder: str) -> None:
+        """Records the vectors a ``DenseWriter`` wrote into the index's ``dense`` directory."""
+    def add_hnsw(
+        self,
+        *,
+        dtype: str = "i8",
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 256,
+        threads: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        """Builds an HNSW graph over the dense vectors."""
+    def finish(self) -> str:
+        """Writes the manifest, which completes the index; returns it as JSON text."""
+    def abort(self) -> None:
+        """Removes what the build wrote (nothing once finished)."""
 
 @final
 class Index:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -146,8 +145,7 @@ class Retriever:
         if progress is None:
             progress = sys.stderr.isatty()
         out = Path(out)
-        existed = out.exists()
-        manifest = _core.build_index(
+        builder = _core.IndexBuilder(
             Path(corpus),
             out,
             bm25=bm25,
@@ -160,15 +158,16 @@ class Retriever:
             skip_bad=skip_bad,
             progress=progress,
         )
-        if dense_model is not None:
-            try:
+        try:
+            if dense_model is not None:
                 overrides = {
                     "pooling": pooling,
                     "query_prefix": query_prefix,
                     "passage_prefix": passage_prefix,
                 }
-                passages = json.loads(manifest)["corpus"]["passages"]
+                passages = json.loads(builder.manifest)["corpus"]["passages"]
                 cls._build_dense(
+                    builder,
                     Path(corpus),
                     out,
                     passages,
@@ -181,8 +180,7 @@ class Retriever:
                     overrides,
                 )
                 if hnsw:
-                    _core.add_hnsw(
-                        out,
+                    builder.add_hnsw(
                         dtype=hnsw_dtype,
                         connectivity=connectivity,
                         expansion_add=ef_construction,
@@ -190,17 +188,15 @@ class Retriever:
                         threads=threads,
                         progress=progress,
                     )
-            except BaseException:
-                if existed:
-                    for child in out.iterdir():
-                        shutil.rmtree(child) if child.is_dir() else child.unlink()
-                else:
-                    shutil.rmtree(out, ignore_errors=True)
-                raise
+            builder.finish()
+        except BaseException:
+            builder.abort()
+            raise
         return cls.open(out, device=device)
 
     @staticmethod
     def _build_dense(
+        builder: _core.IndexBuilder,
         corpus: Path,
         out: Path,
         passages: int,
@@ -231,7 +227,7 @@ class Retriever:
         if bar is not None:
             bar.close()
         rows = writer.finish()
-        _core.add_dense(out, encoder.dim, dtype, rows, config.to_json())
+        builder.add_dense(encoder.dim, dtype, rows, config.to_json())
 
     @classmethod
     def open(

@@ -1,5 +1,7 @@
-//! Building, opening and searching index directories: `build_index`, `DenseWriter`,
-//! `add_dense`, `add_hnsw`, `CorpusBatches`, `Index`.
+//! Building, opening and searching index directories: `build_index`, `IndexBuilder`,
+//! `DenseWriter`, `add_dense`, `add_hnsw`, `CorpusBatches`, `Index`.
+
+use std::path::PathBuf;
 
 use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
@@ -18,14 +20,9 @@ fn hit_tuples(hits: Vec<Vec<core::ScoredPassage>>) -> HitTuples {
         .collect()
 }
 
-/// Builds an index of `corpus` in `out`; returns the manifest as JSON text.
-#[pyfunction]
-#[pyo3(signature = (corpus, out, *, bm25 = true, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+/// BuildOptions from `build_index`'s and `IndexBuilder`'s arguments.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn build_index(
-    py: Python<'_>,
-    corpus: std::path::PathBuf,
-    out: std::path::PathBuf,
+fn build_options(
     bm25: bool,
     k1: f32,
     b: f32,
@@ -35,9 +32,9 @@ pub(crate) fn build_index(
     memory_mb: usize,
     skip_bad: bool,
     progress: bool,
-) -> Result<String> {
+) -> core::BuildOptions {
     let defaults = core::BuildOptions::default();
-    let options = core::BuildOptions {
+    core::BuildOptions {
         bm25: bm25.then_some(core::Bm25Settings {
             k1,
             b,
@@ -48,9 +45,122 @@ pub(crate) fn build_index(
         memory_budget: memory_mb << 20,
         skip_bad,
         progress,
-    };
+    }
+}
+
+fn manifest_json(manifest: &core::Manifest) -> String {
+    serde_json::to_string(manifest).expect("manifest serialises")
+}
+
+/// Builds an index of `corpus` in `out`; returns the manifest as JSON text.
+#[pyfunction]
+#[pyo3(signature = (corpus, out, *, bm25 = true, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_index(
+    py: Python<'_>,
+    corpus: PathBuf,
+    out: PathBuf,
+    bm25: bool,
+    k1: f32,
+    b: f32,
+    stem: bool,
+    stopwords: bool,
+    threads: Option<usize>,
+    memory_mb: usize,
+    skip_bad: bool,
+    progress: bool,
+) -> Result<String> {
+    let options = build_options(
+        bm25, k1, b, stem, stopwords, threads, memory_mb, skip_bad, progress,
+    );
     let manifest = py.detach(|| core::index::build(&corpus, &out, &options))?;
-    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+    Ok(manifest_json(&manifest))
+}
+
+/// An index being built: passages (and BM25) on creation, then optionally dense vectors
+/// and a graph; `finish` writes the manifest, last. Aborted, or dropped unfinished, it
+/// removes what the build wrote.
+#[pyclass(module = "searchr1._core", name = "IndexBuilder")]
+pub(crate) struct PyIndexBuilder(Option<core::IndexBuilder>);
+
+impl PyIndexBuilder {
+    fn builder(&mut self) -> Result<&mut core::IndexBuilder> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| Error::Py(InputError::new_err("this IndexBuilder is finished or aborted")))
+    }
+}
+
+#[pymethods]
+impl PyIndexBuilder {
+    #[new]
+    #[pyo3(signature = (corpus, out, *, bm25 = true, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        corpus: PathBuf,
+        out: PathBuf,
+        bm25: bool,
+        k1: f32,
+        b: f32,
+        stem: bool,
+        stopwords: bool,
+        threads: Option<usize>,
+        memory_mb: usize,
+        skip_bad: bool,
+        progress: bool,
+    ) -> Result<Self> {
+        let options = build_options(
+            bm25, k1, b, stem, stopwords, threads, memory_mb, skip_bad, progress,
+        );
+        let builder = py.detach(|| core::IndexBuilder::create(&corpus, &out, &options))?;
+        Ok(PyIndexBuilder(Some(builder)))
+    }
+
+    /// The manifest `finish` will write, as it stands, as JSON text.
+    #[getter]
+    fn manifest(&mut self) -> Result<String> {
+        Ok(manifest_json(self.builder()?.manifest()))
+    }
+
+    /// Records the vectors a `DenseWriter` wrote into the index's `dense` directory.
+    fn add_dense(&mut self, dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<()> {
+        let dense = dense_info(dim, dtype, rows, encoder)?;
+        Ok(self.builder()?.add_dense(dense)?)
+    }
+
+    /// Builds an HNSW graph over the dense vectors.
+    #[pyo3(signature = (*, dtype = "i8", connectivity = 16, expansion_add = 128, expansion_search = 256, threads = None, progress = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_hnsw(
+        &mut self,
+        py: Python<'_>,
+        dtype: &str,
+        connectivity: usize,
+        expansion_add: usize,
+        expansion_search: usize,
+        threads: Option<usize>,
+        progress: bool,
+    ) -> Result<()> {
+        let settings = hnsw_settings(dtype, connectivity, expansion_add, expansion_search)?;
+        let threads = threads.unwrap_or_else(|| core::BuildOptions::default().threads);
+        let builder = self.builder()?;
+        Ok(py.detach(|| builder.add_hnsw(settings, threads, progress))?)
+    }
+
+    /// Writes the manifest, which completes the index; returns it as JSON text.
+    fn finish(&mut self) -> Result<String> {
+        self.builder()?;
+        let builder = self.0.take().expect("checked above");
+        Ok(manifest_json(&builder.finish()?))
+    }
+
+    /// Removes what the build wrote (nothing once finished).
+    fn abort(&mut self, py: Python<'_>) {
+        if let Some(builder) = self.0.take() {
+            py.detach(|| drop(builder));
+        }
+    }
 }
 
 /// Writes the vectors of an index's passages, in corpus order, into `dir` (its `dense`
@@ -69,7 +179,7 @@ impl PyDenseWriter {
 #[pymethods]
 impl PyDenseWriter {
     #[new]
-    fn new(dir: std::path::PathBuf, dim: usize, dtype: &str) -> Result<Self> {
+    fn new(dir: PathBuf, dim: usize, dtype: &str) -> Result<Self> {
         let dtype = core::dense::DType::parse(dtype)?;
         Ok(PyDenseWriter(Some(core::dense::DenseWriter::create(
             &dir, dim, dtype,
@@ -98,18 +208,10 @@ impl PyDenseWriter {
     }
 }
 
-/// Records the dense vectors of the index `dir` in its manifest; returns it as JSON.
-#[pyfunction]
-pub(crate) fn add_dense(
-    dir: std::path::PathBuf,
-    dim: usize,
-    dtype: &str,
-    rows: u64,
-    encoder: &str,
-) -> Result<String> {
+fn dense_info(dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<core::manifest::DenseInfo> {
     let encoder: serde_json::Value = serde_json::from_str(encoder)
         .map_err(|e| Error::Py(InputError::new_err(format!("encoder settings are not JSON: {e}"))))?;
-    let settings = core::manifest::DenseInfo {
+    Ok(core::manifest::DenseInfo {
         vectors: core::dense::DenseSettings {
             dim,
             dtype: core::dense::DType::parse(dtype)?,
@@ -117,9 +219,28 @@ pub(crate) fn add_dense(
         },
         encoder,
         hnsw: None,
-    };
-    let manifest = core::index::add_dense(&dir, settings)?;
-    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+    })
+}
+
+/// Records the dense vectors of the index `dir` in its manifest; returns it as JSON.
+#[pyfunction]
+pub(crate) fn add_dense(dir: PathBuf, dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<String> {
+    let manifest = core::index::add_dense(&dir, dense_info(dim, dtype, rows, encoder)?)?;
+    Ok(manifest_json(&manifest))
+}
+
+fn hnsw_settings(
+    dtype: &str,
+    connectivity: usize,
+    expansion_add: usize,
+    expansion_search: usize,
+) -> Result<core::hnsw::HnswSettings> {
+    Ok(core::hnsw::HnswSettings {
+        dtype: core::hnsw::Quantization::parse(dtype)?,
+        connectivity,
+        expansion_add,
+        expansion_search,
+    })
 }
 
 /// Builds an HNSW graph over the dense vectors of the index `dir`; returns the manifest.
@@ -128,7 +249,7 @@ pub(crate) fn add_dense(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_hnsw(
     py: Python<'_>,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     dtype: &str,
     connectivity: usize,
     expansion_add: usize,
@@ -136,15 +257,10 @@ pub(crate) fn add_hnsw(
     threads: Option<usize>,
     progress: bool,
 ) -> Result<String> {
-    let settings = core::hnsw::HnswSettings {
-        dtype: core::hnsw::Quantization::parse(dtype)?,
-        connectivity,
-        expansion_add,
-        expansion_search,
-    };
+    let settings = hnsw_settings(dtype, connectivity, expansion_add, expansion_search)?;
     let threads = threads.unwrap_or_else(|| core::BuildOptions::default().threads);
     let manifest = py.detach(|| core::index::add_hnsw(&dir, settings, threads, progress))?;
-    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+    Ok(manifest_json(&manifest))
 }
 
 /// Reads a corpus in batches of `(id, contents)` pairs.
@@ -158,7 +274,7 @@ pub(crate) struct PyCorpusBatches {
 impl PyCorpusBatches {
     #[new]
     #[pyo3(signature = (path, batch_size = 1024, skip_bad = false))]
-    fn new(path: std::path::PathBuf, batch_size: usize, skip_bad: bool) -> Result<Self> {
+    fn new(path: PathBuf, batch_size: usize, skip_bad: bool) -> Result<Self> {
         let reader = core::CorpusReader::open(&path, skip_bad).map_err(core::IndexError::from)?;
         Ok(PyCorpusBatches {
             reader,
@@ -193,14 +309,14 @@ pub(crate) struct PyIndex(core::IndexDir);
 #[pymethods]
 impl PyIndex {
     #[new]
-    fn new(py: Python<'_>, path: std::path::PathBuf) -> Result<Self> {
+    fn new(py: Python<'_>, path: PathBuf) -> Result<Self> {
         Ok(PyIndex(py.detach(|| core::IndexDir::open(&path))?))
     }
 
     /// The manifest, as JSON text.
     #[getter]
     fn manifest(&self) -> String {
-        serde_json::to_string(self.0.manifest()).expect("manifest serialises")
+        manifest_json(self.0.manifest())
     }
 
     fn __len__(&self) -> usize {
