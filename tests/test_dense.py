@@ -46,6 +46,7 @@ def index(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Retriever:
     return Retriever.build(corpus, out, dense_model=MODEL, batch_size=8, progress=False)
 
 
+@pytest.mark.slow
 def test_encoder_matches_sentence_transformers() -> None:
     st = pytest.importorskip("sentence_transformers")
     texts = ["the capital of France", "Who wrote Dune?", "a river in Africa"]
@@ -56,6 +57,7 @@ def test_encoder_matches_sentence_transformers() -> None:
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_encoder_batches_by_length_and_keeps_the_order() -> None:
     texts = ["a much longer question about the rivers and the towns of Africa", "Dune", "", "who"]
     texts += ["the capital of France", "Who wrote Dune?", "x " * 300]  # the last is truncated
@@ -66,6 +68,7 @@ def test_encoder_batches_by_length_and_keeps_the_order() -> None:
     assert enc.encode([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_eager_attention_on_short_batches_changes_no_vector() -> None:
     texts = ["Dune", "who wrote Dune?", "word " * 200]  # short batches, then a long one
     switching = Encoder(EncoderConfig.for_model(MODEL), batch_size=1)
@@ -109,6 +112,7 @@ def test_config_for_model() -> None:
         EncoderConfig(model="x", pooling="max")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_dense_search_is_exact(index: Retriever) -> None:
     assert index.modes == ("bm25", "dense", "hybrid")
     queries = ["Which city is the capital of Japan?", "who discovered penicillin", "big planet"]
@@ -142,6 +146,7 @@ def test_hybrid_is_reciprocal_rank_fusion(index: Retriever) -> None:
     assert _fuse([[("a", 1.0, "A")], [("b", 1.0, "B")]], (1.0, 2.0), 2)[0].id == "b"
 
 
+@pytest.mark.slow
 def test_f16_dense_only_and_cache(corpus: Path, tmp_path: Path) -> None:
     r = Retriever.build(
         corpus, tmp_path / "f16", bm25=False, dense_model=MODEL, dtype="f16", progress=False
@@ -195,6 +200,7 @@ def test_failed_dense_build_leaves_nothing(corpus: Path, tmp_path: Path) -> None
         Retriever.build(corpus, tmp_path / "none", bm25=False)
 
 
+@pytest.mark.slow
 def test_cli_dense_and_hybrid(corpus: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -270,9 +276,19 @@ def test_hnsw_recall_on_100k_vectors(tmp_path: Path) -> None:
         assert narrow != approx, "efSearch changes the search"
 
 
+@pytest.mark.slow
 def test_hnsw_through_retriever(corpus: Path, tmp_path: Path) -> None:
+    from searchr1._core import DEFAULTS
+
     r = Retriever.build(corpus, tmp_path / "idx", dense_model=MODEL, hnsw=True, progress=False)
     assert r.manifest["dense"]["hnsw"]["connectivity"] == 16
+    assert r.manifest["dense"]["dtype"] == DEFAULTS["dtype"]
+    assert r.manifest["dense"]["hnsw"] == {
+        "dtype": DEFAULTS["hnsw_dtype"],
+        "connectivity": DEFAULTS["connectivity"],
+        "expansion_add": DEFAULTS["ef_construction"],
+        "expansion_search": DEFAULTS["ef_search"],
+    }
     q = ["Which city is the capital of Japan?"]
     assert r.search(q, k=1, mode="dense")[0][0].title == '"Tokyo"'
     assert r.search(q, k=3, mode="dense", exact=True)[0][0].title == '"Tokyo"'

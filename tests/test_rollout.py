@@ -194,6 +194,7 @@ def test_hf_engine_greedy_equals_generate(tiny_model_dir: Path) -> None:
         assert np.all(gen.logprobs <= 0) and np.all(np.isfinite(gen.logprobs))
 
 
+@pytest.mark.slow
 def test_hf_engine_sampling_is_seeded(tiny_model_dir: Path) -> None:
     engine = HFEngine.from_pretrained(tiny_model_dir)
     prompts = tokenize_prompts(engine.tokenizer, ["who founded Riverton"] * 4)

@@ -298,6 +298,7 @@ def test_disconnecting_clients_harm_nothing(server: Server, index: Retriever) ->
     assert status == 200 and body["result"] == [as_search_r1(index.search(["river"], k=2)[0])]
 
 
+@pytest.mark.slow
 def test_a_body_that_never_comes_times_out(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")

@@ -30,6 +30,7 @@ def test_demonstrations_become_masked_trajectories(tiny_model_dir: Path) -> None
     assert tok.decode(traj.prompt_ids).endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.slow
 def test_sft_learns_the_demonstrations(tiny_model_dir: Path) -> None:
     model, tok = load(tiny_model_dir)
     demos = [
@@ -83,6 +84,7 @@ def test_loss_is_the_mean_next_token_nll_of_the_said_tokens(tiny_model_dir: Path
     assert loss[0] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_copy_pretraining_teaches_a_random_model_to_copy(tmp_path: Path) -> None:
     from searchr1.toy.copying import CopyConfig, copy_pretrain
     from searchr1.toy.models import TinyModelConfig, init_model

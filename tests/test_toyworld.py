@@ -442,6 +442,7 @@ def test_read_world_rebuilds_the_written_world(world: World, tmp_path: Path) -> 
         read_world(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_sft_command(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     world_dir, model_dir, out = tmp_path / "w", tmp_path / "init", tmp_path / "sft"

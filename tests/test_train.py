@@ -72,6 +72,7 @@ def small_config(model: Path, world: Path, out: Path, **rl: Any) -> TrainConfig:
     return config
 
 
+@pytest.mark.slow
 def test_one_step_changes_the_parameters(tiny_model_dir: Path, world: Path, tmp_path: Path) -> None:
     from searchr1.rl.trainer import Trainer
 
@@ -134,6 +135,7 @@ class _RecordingEngine:
         self.calls.append("wake")
 
 
+@pytest.mark.slow
 def test_the_trainer_drives_any_engine_through_the_protocol(
     tiny_model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +174,7 @@ def test_the_trainer_drives_any_engine_through_the_protocol(
     assert loads == []
 
 
+@pytest.mark.slow
 def test_injected_tokens_contribute_no_gradient(
     tiny_model_dir: Path, world: Path, tmp_path: Path
 ) -> None:
@@ -295,6 +298,7 @@ def run_cli(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_metrics_go_to_tensorboard_too(tiny_model_dir: Path, world: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
