@@ -225,6 +225,16 @@ def test_index_errors(corpus: Path, tmp_path: Path) -> None:
         Retriever.open(out)
 
 
+def test_defaults_have_one_owner(corpus: Path, tmp_path: Path) -> None:
+    from searchr1._core import DEFAULTS
+
+    assert (DEFAULTS["k1"], DEFAULTS["b"]) == (0.9, 0.4)  # pyserini's
+    r = Retriever.build(corpus, tmp_path / "idx", threads=2)
+    assert r.manifest["bm25"] == {k: DEFAULTS[k] for k in ("k1", "b", "stem", "stopwords")}
+    tuned = Retriever.build(corpus, tmp_path / "tuned", k1=1.2, stem=False, threads=2)
+    assert tuned.manifest["bm25"] == {"k1": 1.2, "b": 0.4, "stem": False, "stopwords": True}
+
+
 def test_the_manifest_is_written_last(corpus: Path, tmp_path: Path) -> None:
     from searchr1 import _core
 

@@ -2,12 +2,13 @@
 
 from collections.abc import Iterable, Sequence
 from os import PathLike
-from typing import Any, Literal, final
+from typing import Any, Literal, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DEFAULTS",
     "Action",
     "CorpusBatches",
     "DenseWriter",
@@ -24,6 +25,22 @@ __all__ = [
 ]
 
 __version__: str
+
+class _Defaults(TypedDict):
+    k1: float
+    b: float
+    stem: bool
+    stopwords: bool
+    memory_mb: int
+    dtype: str
+    hnsw_dtype: str
+    connectivity: int
+    ef_construction: int
+    ef_search: int
+
+#: The Rust core's default build settings, keyed by ``Retriever.build``'s parameter
+#: names: what a ``None`` argument means, for display (a CLI's ``[default: ...]``).
+DEFAULTS: _Defaults
 
 @final
 class Action:
@@ -123,17 +140,19 @@ def pack_trajectories(
     (bool ``[B]``), ``prompt_len`` and ``response_len``.
     """
 
+# Every setting left None below takes the default listed in DEFAULTS.
+
 def build_index(
     corpus: PathLike[str] | str,
     out: PathLike[str] | str,
     *,
     bm25: bool = True,
-    k1: float = 0.9,
-    b: float = 0.4,
-    stem: bool = True,
-    stopwords: bool = True,
+    k1: float | None = None,
+    b: float | None = None,
+    stem: bool | None = None,
+    stopwords: bool | None = None,
     threads: int | None = None,
-    memory_mb: int = 512,
+    memory_mb: int | None = None,
     skip_bad: bool = False,
     progress: bool = False,
 ) -> str:
@@ -152,27 +171,27 @@ class IndexBuilder:
         out: PathLike[str] | str,
         *,
         bm25: bool = True,
-        k1: float = 0.9,
-        b: float = 0.4,
-        stem: bool = True,
-        stopwords: bool = True,
+        k1: float | None = None,
+        b: float | None = None,
+        stem: bool | None = None,
+        stopwords: bool | None = None,
         threads: int | None = None,
-        memory_mb: int = 512,
+        memory_mb: int | None = None,
         skip_bad: bool = False,
         progress: bool = False,
     ) -> IndexBuilder: ...
     @property
     def manifest(self) -> str:
         """The manifest ``finish`` will write, as it stands, as JSON text."""
-    def add_dense(self, dim: int, dtype: str, rows: int, encoder: str) -> None:
+    def add_dense(self, dim: int, dtype: str | None, rows: int, encoder: str) -> None:
         """Records the vectors a ``DenseWriter`` wrote into the index's ``dense`` directory."""
     def add_hnsw(
         self,
         *,
-        dtype: str = "i8",
-        connectivity: int = 16,
-        expansion_add: int = 128,
-        expansion_search: int = 256,
+        dtype: str | None = None,
+        connectivity: int | None = None,
+        expansion_add: int | None = None,
+        expansion_search: int | None = None,
         threads: int | None = None,
         progress: bool = False,
     ) -> None:
@@ -214,7 +233,9 @@ class DenseWriter:
     """Writes the vectors of an index's passages, in corpus order, into its ``dense``
     directory."""
 
-    def __new__(cls, dir: PathLike[str] | str, dim: int, dtype: str) -> DenseWriter: ...
+    def __new__(
+        cls, dir: PathLike[str] | str, dim: int, dtype: str | None = None
+    ) -> DenseWriter: ...
     def add(self, vectors: npt.NDArray[np.float32]) -> None:
         """Appends the vectors of the next passages (float32, shape ``[n, dim]``)."""
     @property
@@ -223,16 +244,18 @@ class DenseWriter:
     def finish(self) -> int:
         """Flushes the files; returns the number of rows."""
 
-def add_dense(dir: PathLike[str] | str, dim: int, dtype: str, rows: int, encoder: str) -> str:
+def add_dense(
+    dir: PathLike[str] | str, dim: int, dtype: str | None, rows: int, encoder: str
+) -> str:
     """Records the dense vectors of the index ``dir`` in its manifest; returns it as JSON."""
 
 def add_hnsw(
     dir: PathLike[str] | str,
     *,
-    dtype: str = "i8",
-    connectivity: int = 16,
-    expansion_add: int = 128,
-    expansion_search: int = 256,
+    dtype: str | None = None,
+    connectivity: int | None = None,
+    expansion_add: int | None = None,
+    expansion_search: int | None = None,
     threads: int | None = None,
     progress: bool = False,
 ) -> str:

@@ -99,23 +99,23 @@ class Retriever:
         *,
         bm25: bool = True,
         dense_model: str | Path | None = None,
-        k1: float = 0.9,
-        b: float = 0.4,
-        stem: bool = True,
-        stopwords: bool = True,
-        dtype: str = "f32",
+        k1: float | None = None,
+        b: float | None = None,
+        stem: bool | None = None,
+        stopwords: bool | None = None,
+        dtype: str | None = None,
         hnsw: bool = False,
-        hnsw_dtype: str = "i8",
-        connectivity: int = 16,
-        ef_construction: int = 128,
-        ef_search: int = 256,
+        hnsw_dtype: str | None = None,
+        connectivity: int | None = None,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
         pooling: str | None = None,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
         batch_size: int = 64,
         device: str | None = None,
         threads: int | None = None,
-        memory_mb: int = 512,
+        memory_mb: int | None = None,
         skip_bad: bool = False,
         progress: bool | None = None,
     ) -> Retriever:
@@ -124,8 +124,10 @@ class Retriever:
         Rows are ``{"id", "contents"}`` (Search-R1) or ``{"id", "title", "text"}``. A
         malformed row raises :class:`~searchr1.errors.CorpusError` naming the file and
         line, unless ``skip_bad`` (then it is skipped and counted in the manifest).
-        BM25 defaults are pyserini's (``k1=0.9``, ``b=0.4``), with English stop words
-        and Porter2 stemming. ``threads`` indexing threads share ``memory_mb``.
+        A setting left ``None`` takes the Rust core's default, listed in
+        ``searchr1._core.DEFAULTS``: for BM25 pyserini's ``k1`` and ``b``, with English
+        stop words and Porter2 stemming. ``threads`` indexing threads (default: every
+        core) share ``memory_mb``.
 
         ``dense_model`` (a transformers model directory) adds dense vectors, stored as
         ``dtype`` ("f32", "f16", or "i8" with a scale per row); pooling and prefixes
@@ -201,7 +203,7 @@ class Retriever:
         out: Path,
         passages: int,
         model: str | Path,
-        dtype: str,
+        dtype: str | None,
         batch_size: int,
         device: str | None,
         skip_bad: bool,

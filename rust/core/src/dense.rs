@@ -31,10 +31,12 @@ const BLOCK_QUERIES: usize = 1024;
 /// Rows per rayon task.
 const TASK_ROWS: usize = 16 * BLOCK_ROWS;
 
-/// How vectors are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How vectors are stored (f32 unless asked otherwise: exact search scores the stored
+/// values, so the default loses nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    #[default]
     F32,
     F16,
     I8,
@@ -49,6 +51,15 @@ impl DType {
             other => Err(IndexError::Settings(format!(
                 "unknown vector dtype {other:?}; expected \"f32\", \"f16\" or \"i8\""
             ))),
+        }
+    }
+
+    /// The name [`DType::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::I8 => "i8",
         }
     }
 
@@ -490,6 +501,14 @@ mod tests {
             assert!(FlatIndex::open(&dir, settings(rows as u64 + 1, dim, dtype)).is_err());
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    #[test]
+    fn dtype_names_parse_back() {
+        for dtype in [DType::F32, DType::F16, DType::I8] {
+            assert_eq!(DType::parse(dtype.name()).unwrap(), dtype);
+        }
+        assert!(DType::parse("f64").is_err());
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl Quantization {
         }
     }
 
+    /// The name [`Quantization::parse`] reads.
+    pub fn name(self) -> &'static str {
+        self.dtype().name()
+    }
+
     fn dtype(self) -> DType {
         match self {
             Quantization::F32 => DType::F32,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use searchr1_core as core;
 
@@ -20,29 +21,56 @@ fn hit_tuples(hits: Vec<Vec<core::ScoredPassage>>) -> HitTuples {
         .collect()
 }
 
-/// BuildOptions from `build_index`'s and `IndexBuilder`'s arguments.
+/// The core's defaults of the build settings, keyed by `Retriever.build`'s parameter
+/// names: `_core.DEFAULTS`, for display. A `None` argument here means these values.
+pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let bm25 = core::Bm25Settings::default();
+    let build = core::BuildOptions::default();
+    let hnsw = core::hnsw::HnswSettings::default();
+    let out = PyDict::new(py);
+    out.set_item("k1", decimal(bm25.k1))?;
+    out.set_item("b", decimal(bm25.b))?;
+    out.set_item("stem", bm25.stem)?;
+    out.set_item("stopwords", bm25.stopwords)?;
+    out.set_item("memory_mb", build.memory_budget >> 20)?;
+    out.set_item("dtype", core::dense::DType::default().name())?;
+    out.set_item("hnsw_dtype", hnsw.dtype.name())?;
+    out.set_item("connectivity", hnsw.connectivity)?;
+    out.set_item("ef_construction", hnsw.expansion_add)?;
+    out.set_item("ef_search", hnsw.expansion_search)?;
+    Ok(out)
+}
+
+/// `x` as the float of the same shortest decimal form: 0.9, not 0.8999999761581421.
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().expect("a float's decimal form parses")
+}
+
+/// BuildOptions from `build_index`'s and `IndexBuilder`'s arguments; `None` takes the
+/// core's default.
 #[allow(clippy::too_many_arguments)]
 fn build_options(
     bm25: bool,
-    k1: f32,
-    b: f32,
-    stem: bool,
-    stopwords: bool,
+    k1: Option<f32>,
+    b: Option<f32>,
+    stem: Option<bool>,
+    stopwords: Option<bool>,
     threads: Option<usize>,
-    memory_mb: usize,
+    memory_mb: Option<usize>,
     skip_bad: bool,
     progress: bool,
 ) -> core::BuildOptions {
     let defaults = core::BuildOptions::default();
+    let bm25_defaults = core::Bm25Settings::default();
     core::BuildOptions {
         bm25: bm25.then_some(core::Bm25Settings {
-            k1,
-            b,
-            stem,
-            stopwords,
+            k1: k1.unwrap_or(bm25_defaults.k1),
+            b: b.unwrap_or(bm25_defaults.b),
+            stem: stem.unwrap_or(bm25_defaults.stem),
+            stopwords: stopwords.unwrap_or(bm25_defaults.stopwords),
         }),
         threads: threads.unwrap_or(defaults.threads),
-        memory_budget: memory_mb << 20,
+        memory_budget: memory_mb.map_or(defaults.memory_budget, |mb| mb << 20),
         skip_bad,
         progress,
     }
@@ -54,19 +82,19 @@ fn manifest_json(manifest: &core::Manifest) -> String {
 
 /// Builds an index of `corpus` in `out`; returns the manifest as JSON text.
 #[pyfunction]
-#[pyo3(signature = (corpus, out, *, bm25 = true, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+#[pyo3(signature = (corpus, out, *, bm25 = true, k1 = None, b = None, stem = None, stopwords = None, threads = None, memory_mb = None, skip_bad = false, progress = false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build_index(
     py: Python<'_>,
     corpus: PathBuf,
     out: PathBuf,
     bm25: bool,
-    k1: f32,
-    b: f32,
-    stem: bool,
-    stopwords: bool,
+    k1: Option<f32>,
+    b: Option<f32>,
+    stem: Option<bool>,
+    stopwords: Option<bool>,
     threads: Option<usize>,
-    memory_mb: usize,
+    memory_mb: Option<usize>,
     skip_bad: bool,
     progress: bool,
 ) -> Result<String> {
@@ -94,19 +122,19 @@ impl PyIndexBuilder {
 #[pymethods]
 impl PyIndexBuilder {
     #[new]
-    #[pyo3(signature = (corpus, out, *, bm25 = true, k1 = 0.9, b = 0.4, stem = true, stopwords = true, threads = None, memory_mb = 512, skip_bad = false, progress = false))]
+    #[pyo3(signature = (corpus, out, *, bm25 = true, k1 = None, b = None, stem = None, stopwords = None, threads = None, memory_mb = None, skip_bad = false, progress = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         corpus: PathBuf,
         out: PathBuf,
         bm25: bool,
-        k1: f32,
-        b: f32,
-        stem: bool,
-        stopwords: bool,
+        k1: Option<f32>,
+        b: Option<f32>,
+        stem: Option<bool>,
+        stopwords: Option<bool>,
         threads: Option<usize>,
-        memory_mb: usize,
+        memory_mb: Option<usize>,
         skip_bad: bool,
         progress: bool,
     ) -> Result<Self> {
@@ -124,21 +152,21 @@ impl PyIndexBuilder {
     }
 
     /// Records the vectors a `DenseWriter` wrote into the index's `dense` directory.
-    fn add_dense(&mut self, dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<()> {
+    fn add_dense(&mut self, dim: usize, dtype: Option<&str>, rows: u64, encoder: &str) -> Result<()> {
         let dense = dense_info(dim, dtype, rows, encoder)?;
         Ok(self.builder()?.add_dense(dense)?)
     }
 
     /// Builds an HNSW graph over the dense vectors.
-    #[pyo3(signature = (*, dtype = "i8", connectivity = 16, expansion_add = 128, expansion_search = 256, threads = None, progress = false))]
+    #[pyo3(signature = (*, dtype = None, connectivity = None, expansion_add = None, expansion_search = None, threads = None, progress = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_hnsw(
         &mut self,
         py: Python<'_>,
-        dtype: &str,
-        connectivity: usize,
-        expansion_add: usize,
-        expansion_search: usize,
+        dtype: Option<&str>,
+        connectivity: Option<usize>,
+        expansion_add: Option<usize>,
+        expansion_search: Option<usize>,
         threads: Option<usize>,
         progress: bool,
     ) -> Result<()> {
@@ -179,8 +207,9 @@ impl PyDenseWriter {
 #[pymethods]
 impl PyDenseWriter {
     #[new]
-    fn new(dir: PathBuf, dim: usize, dtype: &str) -> Result<Self> {
-        let dtype = core::dense::DType::parse(dtype)?;
+    #[pyo3(signature = (dir, dim, dtype = None))]
+    fn new(dir: PathBuf, dim: usize, dtype: Option<&str>) -> Result<Self> {
+        let dtype = dense_dtype(dtype)?;
         Ok(PyDenseWriter(Some(core::dense::DenseWriter::create(
             &dir, dim, dtype,
         )?)))
@@ -208,13 +237,18 @@ impl PyDenseWriter {
     }
 }
 
-fn dense_info(dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<core::manifest::DenseInfo> {
+fn dense_info(
+    dim: usize,
+    dtype: Option<&str>,
+    rows: u64,
+    encoder: &str,
+) -> Result<core::manifest::DenseInfo> {
     let encoder: serde_json::Value = serde_json::from_str(encoder)
         .map_err(|e| Error::Py(InputError::new_err(format!("encoder settings are not JSON: {e}"))))?;
     Ok(core::manifest::DenseInfo {
         vectors: core::dense::DenseSettings {
             dim,
-            dtype: core::dense::DType::parse(dtype)?,
+            dtype: dense_dtype(dtype)?,
             rows,
         },
         encoder,
@@ -224,36 +258,49 @@ fn dense_info(dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<core:
 
 /// Records the dense vectors of the index `dir` in its manifest; returns it as JSON.
 #[pyfunction]
-pub(crate) fn add_dense(dir: PathBuf, dim: usize, dtype: &str, rows: u64, encoder: &str) -> Result<String> {
+pub(crate) fn add_dense(
+    dir: PathBuf,
+    dim: usize,
+    dtype: Option<&str>,
+    rows: u64,
+    encoder: &str,
+) -> Result<String> {
     let manifest = core::index::add_dense(&dir, dense_info(dim, dtype, rows, encoder)?)?;
     Ok(manifest_json(&manifest))
 }
 
+/// HnswSettings from `add_hnsw`'s arguments; `None` takes the core's default.
 fn hnsw_settings(
-    dtype: &str,
-    connectivity: usize,
-    expansion_add: usize,
-    expansion_search: usize,
+    dtype: Option<&str>,
+    connectivity: Option<usize>,
+    expansion_add: Option<usize>,
+    expansion_search: Option<usize>,
 ) -> Result<core::hnsw::HnswSettings> {
+    let defaults = core::hnsw::HnswSettings::default();
     Ok(core::hnsw::HnswSettings {
-        dtype: core::hnsw::Quantization::parse(dtype)?,
-        connectivity,
-        expansion_add,
-        expansion_search,
+        dtype: dtype.map_or(Ok(defaults.dtype), core::hnsw::Quantization::parse)?,
+        connectivity: connectivity.unwrap_or(defaults.connectivity),
+        expansion_add: expansion_add.unwrap_or(defaults.expansion_add),
+        expansion_search: expansion_search.unwrap_or(defaults.expansion_search),
     })
+}
+
+/// A vector dtype by name; `None` takes the core's default.
+fn dense_dtype(name: Option<&str>) -> Result<core::dense::DType> {
+    Ok(name.map_or(Ok(core::dense::DType::default()), core::dense::DType::parse)?)
 }
 
 /// Builds an HNSW graph over the dense vectors of the index `dir`; returns the manifest.
 #[pyfunction]
-#[pyo3(signature = (dir, *, dtype = "i8", connectivity = 16, expansion_add = 128, expansion_search = 256, threads = None, progress = false))]
+#[pyo3(signature = (dir, *, dtype = None, connectivity = None, expansion_add = None, expansion_search = None, threads = None, progress = false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_hnsw(
     py: Python<'_>,
     dir: PathBuf,
-    dtype: &str,
-    connectivity: usize,
-    expansion_add: usize,
-    expansion_search: usize,
+    dtype: Option<&str>,
+    connectivity: Option<usize>,
+    expansion_add: Option<usize>,
+    expansion_search: Option<usize>,
     threads: Option<usize>,
     progress: bool,
 ) -> Result<String> {

@@ -17,6 +17,7 @@ mod tags;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULTS", index::defaults(m.py())?)?;
     m.add_class::<tags::PyAction>()?;
     m.add_class::<tags::PyStopScanner>()?;
     m.add_class::<tags::PyTokenStopChecker>()?;
