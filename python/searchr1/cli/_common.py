@@ -44,6 +44,18 @@ def dir_option(flag: str, dest: str, help: str, required: bool = True) -> Callab
     )
 
 
+#: A path that must name an existing file.
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def overrides_option(help: str) -> Callable[[FC], FC]:
+    """``--set SECTION.FIELD=VALUE`` (repeatable): changes to a run config, to the
+    parameter ``overrides``."""
+    return click.option(
+        "--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help=help
+    )
+
+
 def field_option(config: type, name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
     """An option for field ``name`` of the dataclass ``config``: the field's help text
     and default (shown), unless ``kwargs`` say otherwise. ``decls``: the flags (default
@@ -51,8 +63,13 @@ def field_option(config: type, name: str, *decls: str, **kwargs: Any) -> Callabl
     spec = config.__dataclass_fields__[name]  # type: ignore[attr-defined]
     kwargs.setdefault("help", spec.metadata["help"])
     default = spec.default
-    if "default" not in kwargs and default is not MISSING and default is not None:
+    known = default is not MISSING and default is not None
+    if "default" not in kwargs and known:
         kwargs.update(default=default, show_default=True)
+    elif kwargs.get("default") is not None:
+        kwargs.setdefault("show_default", True)
+    elif known:  # None: the option falls back to the field's default
+        kwargs["help"] += f" [default: {default}]"
     flags = [d for d in decls if d.startswith("-")] or [f"--{name.replace('_', '-')}"]
     dest = next((d for d in decls if not d.startswith("-")), name)
     return click.option(*flags, dest, **kwargs)

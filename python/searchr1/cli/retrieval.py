@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from searchr1.cli._common import FC, dir_option, field_option, user_errors
+from searchr1.cli._common import EXISTING_FILE, FC, dir_option, field_option, user_errors
 from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
 from searchr1.retrieval.index import MODES, VECTOR_DTYPES
 from searchr1.retrieval.server import LOG_LEVELS
@@ -37,7 +37,7 @@ def parse_action_cmd(text: str | None) -> None:
 @click.option(
     "--corpus",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help='JSONL corpus (plain or .gz): {"id", "contents"} or {"id", "title", "text"} rows.',
 )
 @click.option(

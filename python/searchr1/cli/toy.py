@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from searchr1.cli._common import FC, dir_option, field_option, usage_errors, user_errors
+from searchr1.cli._common import (
+    EXISTING_FILE,
+    FC,
+    dir_option,
+    field_option,
+    overrides_option,
+    usage_errors,
+    user_errors,
+)
 from searchr1.toy.models import TinyModelConfig
 from searchr1.toy.warmstart import WarmStartConfig
 from searchr1.toy.world import WorldConfig
@@ -81,7 +89,7 @@ def world_cmd(out: Path, **options: Any) -> None:
     "--text",
     "text_files",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="Train the tokenizer on this file (repeatable): JSONL rows' text fields, or lines.",
 )
 @field_option(TinyModelConfig, "vocab_size", type=click.IntRange(300))
@@ -230,13 +238,7 @@ def sft_cmd(
     type=click.FloatRange(0, 1),
     help="Share of 2-hop questions (two searches each) [default: 0].",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.FIELD=VALUE",
-    help="Change one field of the RL run config (configs/toy.yaml; repeatable).",
-)
+@overrides_option("Change one field of the RL run config (configs/toy.yaml; repeatable).")
 def demo_cmd(
     out: str,
     seed: int,

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from searchr1.cli._common import FC, dir_option, field_option, user_errors
+from searchr1.cli._common import (
+    EXISTING_FILE,
+    FC,
+    dir_option,
+    field_option,
+    overrides_option,
+    user_errors,
+)
 from searchr1.retrieval.index import MODES
 from searchr1.rollout.loop import RolloutConfig
 
@@ -72,7 +79,7 @@ def _rollout_setup(options: dict[str, Any]) -> tuple[Any, Any, RolloutConfig]:
     "data_files",
     required=True,
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="QA file(s): JSONL rows with question and golden_answers (repeatable).",
 )
 @click.option("--limit", type=click.IntRange(1), help="Evaluate at most N questions per file.")
@@ -160,16 +167,10 @@ def infer_cmd(question: str, **options: Any) -> None:
     "--config",
     "config_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="Run config (YAML; see configs/).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.FIELD=VALUE",
-    help="Change one field of the config (repeatable), e.g. --set rl.kl_coef=0.01.",
-)
+@overrides_option("Change one field of the config (repeatable), e.g. --set rl.kl_coef=0.01.")
 @click.option(
     "--resume",
     is_flag=True,
@@ -209,9 +210,7 @@ def train_cmd(
 
 
 @click.command("prepare")
-@click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("inputs", nargs=-1, required=True, type=EXISTING_FILE)
 @click.option(
     "--out",
     required=True,
