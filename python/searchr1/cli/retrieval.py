@@ -33,6 +33,17 @@ def parse_action_cmd(text: str | None) -> None:
     click.echo(action.kind if action.content is None else f"{action.kind}\t{action.content}")
 
 
+def _core_option(name: str, *decls: str, help: str, **kwargs: Any) -> Callable[[FC], FC]:
+    """An option of ``index`` left None unless given, so that the Rust core's default
+    (shown from ``_core.DEFAULTS``) applies."""
+    from searchr1._core import DEFAULTS
+
+    shown = DEFAULTS[name]  # type: ignore[literal-required]
+    if isinstance(shown, bool):
+        shown = decls[0].split("/")[0 if shown else 1]
+    return click.option(*decls, name, default=None, help=f"{help} [default: {shown}]", **kwargs)
+
+
 @click.command("index")
 @click.option(
     "--corpus",
@@ -52,19 +63,17 @@ def parse_action_cmd(text: str | None) -> None:
     type=click.Path(path_type=Path),
     help="transformers model directory: also build dense vectors (e.g. e5-base-v2).",
 )
-@click.option(
+@_core_option(
+    "dtype",
     "--dtype",
-    default="f32",
-    show_default=True,
     type=click.Choice(VECTOR_DTYPES),
     help="How dense vectors are stored: f16 halves the size, i8 (a scale per row) "
     "quarters it; exact search then scores the stored, rounded values.",
 )
 @click.option("--hnsw", is_flag=True, help="Also build an HNSW graph for fast approximate search.")
-@click.option(
+@_core_option(
+    "hnsw_dtype",
     "--hnsw-dtype",
-    default="i8",
-    show_default=True,
     type=click.Choice(VECTOR_DTYPES),
     help="The vectors the HNSW walk reads: the stored ones when alike, else a copy in "
     "this dtype whose candidates are re-scored exactly against the stored vectors. i8 "
@@ -72,16 +81,12 @@ def parse_action_cmd(text: str | None) -> None:
 )
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
 @click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")
-@click.option("--k1", default=0.9, show_default=True, help="BM25 term-frequency saturation.")
-@click.option("--b", "b", default=0.4, show_default=True, help="BM25 length normalisation.")
-@click.option("--stem/--no-stem", default=True, show_default=True, help="Porter2 stemming.")
-@click.option(
-    "--stopwords/--no-stopwords", default=True, show_default=True, help="Drop English stop words."
-)
+@_core_option("k1", "--k1", type=float, help="BM25 term-frequency saturation.")
+@_core_option("b", "--b", type=float, help="BM25 length normalisation.")
+@_core_option("stem", "--stem/--no-stem", help="Porter2 stemming.")
+@_core_option("stopwords", "--stopwords/--no-stopwords", help="Drop English stop words.")
 @click.option("--threads", type=click.IntRange(1, 8), help="Indexing threads [default: all cores].")
-@click.option(
-    "--memory-mb", default=512, show_default=True, type=click.IntRange(16), help="Indexing memory."
-)
+@_core_option("memory_mb", "--memory-mb", type=click.IntRange(16), help="Indexing memory.")
 @click.option(
     "--skip-bad", is_flag=True, help="Skip (and count) malformed lines instead of stopping."
 )
