@@ -45,7 +45,22 @@ def test_truncation_and_fixed_sizes() -> None:
     assert out.input_ids.tolist() == [[9, 1, 2, 3, 4]]
     assert out.loss_mask.tolist() == [[1, 1, 0]]
     assert out.truncated.tolist() == [True]
-    assert out.last_index.tolist() == [2]
+    assert out.last_index.tolist() == [1]  # the kept injected token was not sampled
+
+
+def test_last_index_is_the_last_sampled_token() -> None:
+    ends_in_observation = Trajectory([1], [Segment([2, 3], True), Segment([4, 5, 6], False)])
+    out = pack([ends_in_observation])
+    assert out.loss_mask.tolist() == [[1, 1, 0, 0, 0]]
+    assert out.last_index.tolist() == [1]
+
+
+def test_last_index_when_the_only_sampled_segment_is_cut() -> None:
+    cut = Trajectory([1], [Segment([4, 5], False), Segment([6, 7], True)])
+    out = pack([cut, Trajectory([1])], max_response_len=2)
+    assert out.loss_mask.tolist() == [[0, 0], [0, 0]]
+    assert out.last_index.tolist() == [-1, -1]
+    assert out.truncated.tolist() == [True, False]
 
 
 def test_errors_name_the_place() -> None:
@@ -113,7 +128,8 @@ def test_matches_python_reference(trajs: list[Trajectory], r: int, pad: int) -> 
         assert out.loss_mask[b].tolist() == mask
         lps = [lp for _, _, lp in kept] + [0.0] * (r - len(kept))
         assert out.old_logprobs[b].tolist() == pytest.approx(lps)
-        assert out.last_index[b] == len(kept) - 1
+        sampled = [c for c, (_, g, _) in enumerate(kept) if g]
+        assert out.last_index[b] == (sampled[-1] if sampled else -1)
         assert out.truncated[b] == (len(tokens) > r)
 
 

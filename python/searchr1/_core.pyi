@@ -136,8 +136,9 @@ def pack_trajectories(
     Each trajectory has ``prompt_ids`` and ``segments``; each segment ``ids``,
     ``generated`` and ``logprobs`` (or None). Returns a dict with ``input_ids``,
     ``attention_mask``, ``position_ids`` (int64 ``[B, P+R]``), ``loss_mask`` and
-    ``old_logprobs`` (float32 ``[B, R]``), ``last_index`` (int64 ``[B]``), ``truncated``
-    (bool ``[B]``), ``prompt_len`` and ``response_len``.
+    ``old_logprobs`` (float32 ``[B, R]``), ``last_index`` (int64 ``[B]``: the response
+    column of the last sampled token, -1 when none), ``truncated`` (bool ``[B]``),
+    ``prompt_len`` and ``response_len``.
     """
 
 # Every setting left None below takes the default listed in DEFAULTS.

@@ -58,7 +58,8 @@ class PackedBatch:
       positions count real tokens from 0 and are 0 on padding.
     - ``loss_mask``: float32 ``[B, R]``, 1 on tokens the model sampled, 0 on injected
       tokens and padding. ``old_logprobs``: float32 ``[B, R]``, 0 where unknown.
-    - ``last_index``: int64 ``[B]``, response column of the last real token (-1: empty).
+    - ``last_index``: int64 ``[B]``, response column of the last token the policy
+      sampled (the last with ``loss_mask`` 1; -1: none), where the outcome reward goes.
     - ``truncated``: bool ``[B]``, whether the response was cut to ``R`` tokens.
     """
 

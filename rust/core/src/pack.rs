@@ -11,8 +11,9 @@
 //!   Position ids count real tokens from 0 and are 0 on padding.
 //! * `loss_mask`, `old_logprobs`: `[B, R]`, over the response only; the mask is 1 on
 //!   tokens the model sampled and 0 on injected tokens and padding.
-//! * `last_index`: `[B]`, the response column of the last real token (-1 if none),
-//!   where an outcome reward goes.
+//! * `last_index`: `[B]`, the response column of the last token the policy sampled
+//!   (the last with loss mask 1; -1 if none), where an outcome reward goes: a response
+//!   that ends in an observation is scored on the action that asked for it.
 //! * `truncated`: `[B]`, whether the response was cut to fit `R`.
 //!
 //! Masks come from the segment flags alone: a real token whose id equals the padding id
@@ -299,8 +300,8 @@ fn ramp(dst: &mut [MaybeUninit<i64>], first: i64) {
     }
 }
 
-/// Writes one trajectory into its row, every element of it; returns (last response
-/// index, truncated).
+/// Writes one trajectory into its row, every element of it; returns (response column
+/// of the last sampled token or -1, truncated).
 fn fill_row(
     t: usize,
     traj: &Trajectory<'_>,
@@ -319,6 +320,7 @@ fn fill_row(
     fill(&mut row.attention[start..p], 1);
     ramp(&mut row.positions[start..p], 0);
     let mut cursor = 0usize;
+    let mut last_sampled = -1i64;
     let mut truncated = false;
     for (s, seg) in traj.segments.iter().enumerate() {
         let take = seg.ids.len().min(r - cursor);
@@ -338,6 +340,9 @@ fn fill_row(
             _ => fill(&mut row.logprobs[response], 0.0),
         }
         cursor += take;
+        if seg.generated && take > 0 {
+            last_sampled = cursor as i64 - 1;
+        }
         if take < seg.ids.len() {
             truncated = true;
             break;
@@ -348,7 +353,7 @@ fn fill_row(
     fill(&mut row.positions[p + cursor..], 0);
     fill(&mut row.loss[cursor..], 0.0);
     fill(&mut row.logprobs[cursor..], 0.0);
-    Ok((cursor as i64 - 1, truncated))
+    Ok((last_sampled, truncated))
 }
 
 #[cfg(test)]
@@ -429,7 +434,7 @@ mod tests {
         let out = pack(&trajs, &cfg).unwrap();
         assert_eq!(out.input_ids, [-1, 1, 2, 3, 4]);
         assert_eq!(out.loss_mask, [1.0, 1.0, 0.0]);
-        assert_eq!(out.last_index, [2]);
+        assert_eq!(out.last_index, [1], "the kept injected token is not sampled");
         assert_eq!(out.truncated, [true]);
 
         let too_long = PackConfig {
@@ -463,6 +468,28 @@ mod tests {
             err.to_string(),
             "trajectory 0, segment 1: token id -7 at position 1 is negative"
         );
+    }
+
+    #[test]
+    fn the_outcome_goes_on_the_last_sampled_token() {
+        let trajs = vec![
+            // Ends in an observation: the reward goes on the action before it.
+            traj(&[1], vec![seg(&[2, 3], true, None), seg(&[4, 5, 6], false, None)]),
+            // The only sampled segment is cut away: nothing to put the reward on.
+            traj(&[1], vec![seg(&[4, 5], false, None), seg(&[6, 7], true, None)]),
+            // Nothing at all.
+            traj(&[1], vec![]),
+        ];
+        let cfg = PackConfig {
+            max_response_len: Some(2),
+            ..Default::default()
+        };
+        let out = pack(&trajs, &cfg).unwrap();
+        assert_eq!(out.loss_mask, [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(out.last_index, [1, -1, -1]);
+        assert_eq!(out.truncated, [true, true, false]);
+        let whole = pack(&trajs[..1], &PackConfig::default()).unwrap();
+        assert_eq!(whole.last_index, [1]);
     }
 
     #[test]
@@ -553,7 +580,8 @@ mod tests {
                     prop_assert_eq!(out.loss_mask[t * r + c], mask);
                     prop_assert_eq!(out.old_logprobs[t * r + c], lp);
                 }
-                prop_assert_eq!(out.last_index[t], n as i64 - 1);
+                let last = tokens[..n].iter().rposition(|&(_, g, _)| g).map_or(-1, |c| c as i64);
+                prop_assert_eq!(out.last_index[t], last);
                 prop_assert_eq!(out.truncated[t], tokens.len() > r);
             }
         }
