@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from searchr1 import IndexFormatError, InputError, Retriever
+from searchr1 import Hit, IndexFormatError, InputError, Retriever
 from searchr1.retrieval.encoder import Encoder, EncoderConfig
 from searchr1.retrieval.index import RRF_K, _fuse
 
@@ -160,6 +160,46 @@ def test_f16_dense_only_and_cache(corpus: Path, tmp_path: Path) -> None:
     assert cached.search(["largest desert"], k=1, mode="dense")[0] is first[0]
     cached.search(["a", "b"], k=1, mode="dense")
     assert len(cached._cache) == 2
+
+
+def test_concurrent_first_searches_load_the_encoder_once(
+    index: Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from searchr1.retrieval import encoder as encoder_module
+
+    loads: list[Encoder] = []
+
+    class Counted(Encoder):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            loads.append(self)
+
+    questions = [f"what is {t}" for t, _ in FACTS]
+    batches = [questions[i : i + 3] for i in range(0, len(questions), 2)]
+    modes = ["dense", "hybrid"]
+    want = [index.search(b, k=2, mode=m) for b in batches for m in modes]
+    monkeypatch.setattr(encoder_module, "Encoder", Counted)
+    fresh = Retriever.open(index.path)
+    barrier = threading.Barrier(len(want))
+    got: dict[int, list[list[Hit]]] = {}
+
+    def work(i: int) -> None:
+        barrier.wait()
+        got[i] = fresh.search(batches[i // 2], k=2, mode=modes[i % 2])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(want))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loads) == 1 and fresh.encoder is loads[0]
+    for i, rows in enumerate(want):
+        # The same hits; scores to rounding (threads may encode under either attention).
+        assert [[h.id for h in row] for row in got[i]] == [[h.id for h in row] for row in rows]
+        scores = [h.score for row in rows for h in row]
+        assert [h.score for row in got[i] for h in row] == pytest.approx(scores, abs=1e-5)
 
 
 def test_i8_vectors_find_what_f32_vectors_find(

@@ -255,6 +255,43 @@ def test_the_manifest_is_written_last(corpus: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "gone").exists()
 
 
+def test_searches_from_many_threads_equal_sequential_ones(corpus: Path, tmp_path: Path) -> None:
+    """A small cache churned by eight threads (each search evicting what another is
+    about to reuse) returns what an uncached retriever returns one search at a time."""
+    import random
+    import threading
+
+    out = tmp_path / "idx"
+    Retriever.build(corpus, out, threads=2)
+    queries = [" ".join(pair) for pair in zip(WORDS, WORDS[3:] + WORDS[:3], strict=True)]
+    plain = Retriever.open(out)
+    want = dict(zip(queries, plain.search(queries, k=4), strict=True))
+    cached = Retriever.open(out, cache_size=5)
+    barrier = threading.Barrier(8)
+    failures: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        barrier.wait()
+        for _ in range(60):
+            batch = rng.sample(queries, rng.randint(1, 6))
+            try:
+                got = cached.search(batch, k=4)
+            except Exception as e:  # reported below, with the thread's batch
+                failures.append(f"{batch}: {e!r}")
+                return
+            if got != [want[q] for q in batch]:
+                failures.append(f"{batch}: wrong hits")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert len(cached._cache) == 5
+
+
 def test_cli_index_and_search(corpus: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "idx"

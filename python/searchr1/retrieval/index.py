@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ class Retriever:
     """A searchable index directory (see :meth:`build` and :meth:`open`).
 
     ``search`` takes a whole batch of queries and runs it in Rust on all cores with the
-    GIL released. An index is safe to search from several threads at once.
+    GIL released. A retriever is safe to search from several threads at once: its
+    result cache and its lazily loaded encoder are behind locks, which are never held
+    while a search runs in Rust.
     """
 
     def __init__(
@@ -88,7 +91,9 @@ class Retriever:
         self._device = device
         self._encoder_dtype = encoder_dtype
         self._encoder: Encoder | None = None
+        self._encoder_lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, int, str], list[Hit]] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self.cache_size = cache_size
 
     @classmethod
@@ -279,23 +284,31 @@ class Retriever:
 
     @property
     def encoder(self) -> Encoder:
-        """The dense encoder recorded in the manifest (loaded on first use)."""
-        if self._encoder is None:
-            from searchr1.retrieval.encoder import Encoder, EncoderConfig
+        """The dense encoder recorded in the manifest (loaded once, on first use)."""
+        encoder = self._encoder
+        if encoder is None:
+            with self._encoder_lock:
+                # Threads that waited here find it loaded by the first one.
+                if self._encoder is None:
+                    self._encoder = self._load_encoder()
+                encoder = self._encoder
+        return encoder
 
-            dense = self.manifest.get("dense")
-            if not dense:
-                raise InputError(f"{self.path} has no dense vectors")
-            encoder = Encoder(
-                EncoderConfig(**dense["encoder"]), device=self._device, dtype=self._encoder_dtype
+    def _load_encoder(self) -> Encoder:
+        from searchr1.retrieval.encoder import Encoder, EncoderConfig
+
+        dense = self.manifest.get("dense")
+        if not dense:
+            raise InputError(f"{self.path} has no dense vectors")
+        encoder = Encoder(
+            EncoderConfig(**dense["encoder"]), device=self._device, dtype=self._encoder_dtype
+        )
+        if encoder.dim != dense["dim"]:
+            raise IndexFormatError(
+                f"{self.path}: the index holds {dense['dim']}-d vectors but the encoder "
+                f"{dense['encoder']['model']!r} makes {encoder.dim}-d ones"
             )
-            if encoder.dim != dense["dim"]:
-                raise IndexFormatError(
-                    f"{self.path}: the index holds {dense['dim']}-d vectors but the encoder "
-                    f"{dense['encoder']['model']!r} makes {encoder.dim}-d ones"
-                )
-            self._encoder = encoder
-        return self._encoder
+        return encoder
 
     def search(
         self,
@@ -322,18 +335,24 @@ class Retriever:
             raise InputError(f"{self.path} cannot search in {mode} mode (it has: {self.modes})")
         if not self.cache_size:
             return self._search(queries, k, mode, weights, exact)
-        keys = [(mode, k, q) for q in queries]
-        missing = list(dict.fromkeys(q for q in queries if (mode, k, q) not in self._cache))
+        # The hits in hand are taken under the lock; the search for the rest runs
+        # without it, so other threads may evict any key meanwhile.
+        known: dict[str, list[Hit]] = {}
+        with self._cache_lock:
+            for q in queries:
+                hits = self._cache.get((mode, k, q))
+                if hits is not None:
+                    known[q] = hits
+        missing = list(dict.fromkeys(q for q in queries if q not in known))
         found = self._search(missing, k, mode, weights, exact)
-        for q, hits in zip(missing, found, strict=True):
-            self._cache[(mode, k, q)] = hits
-        out = []
-        for key in keys:
-            self._cache.move_to_end(key)
-            out.append(self._cache[key])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return out
+        known.update(zip(missing, found, strict=True))
+        with self._cache_lock:
+            for q in queries:
+                self._cache[(mode, k, q)] = known[q]
+                self._cache.move_to_end((mode, k, q))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return [known[q] for q in queries]
 
     def _search(
         self, queries: list[str], k: int, mode: str, weights: tuple[float, float], exact: bool
