@@ -202,7 +202,11 @@ class Trainer:
         if not (cfg.url or cfg.index):
             return None  # every search fails, and its observation says so
         return open_backend(
-            cfg.index, cfg.url, mode=cfg.mode, timeout=cfg.timeout, retries=cfg.retries
+            cfg.index or None,
+            cfg.url or None,
+            mode=cfg.mode,
+            timeout=cfg.timeout,
+            retries=cfg.retries,
         )
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
