@@ -134,15 +134,10 @@ def test_wiki18_sample_against_reference(tmp_path: Path) -> None:
         )
 
 
-def test_hit_fields_and_search_r1_shape(corpus: Path, tmp_path: Path) -> None:
+def test_hit_fields(corpus: Path, tmp_path: Path) -> None:
     r = Retriever.build(corpus, tmp_path / "idx")
     hit = r.search(["river"], k=1)[0][0]
     assert hit.title.startswith('"') and hit.contents == f"{hit.title}\n{hit.text}"
-    assert hit.to_search_r1() == {
-        "document": {"id": hit.id, "contents": hit.contents},
-        "score": hit.score,
-    }
-    assert "score" not in hit.to_search_r1(return_score=False)
     assert Hit("1", 0.0, "no newline").text == ""
     assert r.search([], k=3) == []
     assert r.search(["river"], k=0) == [[]]

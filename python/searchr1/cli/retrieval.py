@@ -168,7 +168,9 @@ def search_cmd(
         retriever = Retriever.open(index_dir, device=device, encoder_dtype=encoder_dtype)
         results = retriever.search(list(queries), k=k, mode=mode, exact=exact)
     if as_json:
-        body = {"result": [[h.to_search_r1() for h in row] for row in results]}
+        from searchr1.retrieval.wire import to_document
+
+        body = {"result": [[to_document(h) for h in row] for row in results]}
         click.echo(json.dumps(body, ensure_ascii=False))
         return
     style: Callable[..., str] = click.style

@@ -46,13 +46,6 @@ class Hit:
         parts = self.contents.split("\n", 1)
         return parts[1] if len(parts) > 1 else ""
 
-    def to_search_r1(self, return_score: bool = True) -> dict[str, Any]:
-        """The hit as Search-R1's retrieval server returns it."""
-        out: dict[str, Any] = {"document": {"id": self.id, "contents": self.contents}}
-        if return_score:
-            out["score"] = self.score
-        return out
-
 
 def check_queries(queries: Sequence[str]) -> list[str]:
     """``queries`` as a list, or TypeError naming the first that is not a string."""
