@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def test_wheel_installs_in_fresh_venv(tmp_path: Path) -> None:
     )
     (wheel,) = dist.glob("searchr1-*.whl")
     assert "-abi3-" in wheel.name, wheel.name
+    with zipfile.ZipFile(wheel) as z:
+        # The demo's RL settings ship with the package (configs/toy.yaml links to them).
+        shipped = z.read("searchr1/toy/toy.yaml").decode()
+    assert shipped == (ROOT / "configs" / "toy.yaml").read_text()
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
