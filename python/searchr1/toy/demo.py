@@ -113,7 +113,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     done = _stage(log, "BM25 index")
     shutil.rmtree(out / "index", ignore_errors=True)  # the demo's own: rebuilt (< 1 s)
-    retriever = Retriever.build(paths["corpus"], out / "index")
+    # One indexing thread keeps corpus order as document order, so tied hits come back
+    # in the same order on every run (several threads split documents among segments
+    # as they happen to run).
+    retriever = Retriever.build(paths["corpus"], out / "index", threads=1)
     done()
 
     sft_dir = out / "sft-model"
