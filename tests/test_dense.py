@@ -284,11 +284,12 @@ def test_hnsw_recall_on_100k_vectors(tmp_path: Path) -> None:
     corpus = tmp_path / "ids.jsonl"
     corpus.write_text("".join(f'{{"id": "{i}", "contents": ""}}\n' for i in range(n)))
     out = tmp_path / "idx"
-    _core.build_index(corpus, out, bm25=False)
+    builder = _core.IndexBuilder(corpus, out, bm25=False)
     writer = _core.DenseWriter(out / "dense", dim, "f32")
     base = clustered(n, dim, 0)
     writer.add(base)
-    _core.add_dense(out, dim, "f32", writer.finish(), json.dumps({"model": "synthetic"}))
+    builder.add_dense(dim, "f32", writer.finish(), json.dumps({"model": "synthetic"}))
+    builder.finish()
     queries = clustered(300, dim, 1)
     exact = _core.Index(out).search_dense(queries, 10, exact=True)
     truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]

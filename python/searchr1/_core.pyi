@@ -17,9 +17,7 @@ __all__ = [
     "StopScanner",
     "TokenStopChecker",
     "__version__",
-    "add_dense",
     "add_hnsw",
-    "build_index",
     "pack_trajectories",
     "parse_action",
 ]
@@ -143,22 +141,6 @@ def pack_trajectories(
 
 # Every setting left None below takes the default listed in DEFAULTS.
 
-def build_index(
-    corpus: PathLike[str] | str,
-    out: PathLike[str] | str,
-    *,
-    bm25: bool = True,
-    k1: float | None = None,
-    b: float | None = None,
-    stem: bool | None = None,
-    stopwords: bool | None = None,
-    threads: int | None = None,
-    memory_mb: int | None = None,
-    skip_bad: bool = False,
-    progress: bool = False,
-) -> str:
-    """Builds an index of ``corpus`` in ``out``; returns the manifest as JSON text."""
-
 @final
 class IndexBuilder:
     """An index being built in ``out`` (absent or empty): the passages (and BM25) on
@@ -244,11 +226,6 @@ class DenseWriter:
         """Rows written so far."""
     def finish(self) -> int:
         """Flushes the files; returns the number of rows."""
-
-def add_dense(
-    dir: PathLike[str] | str, dim: int, dtype: str | None, rows: int, encoder: str
-) -> str:
-    """Records the dense vectors of the index ``dir`` in its manifest; returns it as JSON."""
 
 def add_hnsw(
     dir: PathLike[str] | str,

@@ -283,15 +283,6 @@ fn build_graph(
     Ok(())
 }
 
-/// Records the dense vectors written in `dir/dense` in the manifest of the finished
-/// index `dir`.
-pub fn add_dense(dir: &Path, dense: DenseInfo) -> Result<Manifest, IndexError> {
-    let mut manifest = manifest::read(dir)?;
-    record_dense(dir, &mut manifest, dense)?;
-    manifest::write(dir, &manifest)?;
-    Ok(manifest)
-}
-
 /// Builds an HNSW graph over the dense vectors of the finished index `dir` (replacing
 /// any graph it had) and records it.
 pub fn add_hnsw(

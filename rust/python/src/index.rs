@@ -1,5 +1,5 @@
-//! Building, opening and searching index directories: `build_index`, `IndexBuilder`,
-//! `DenseWriter`, `add_dense`, `add_hnsw`, `CorpusBatches`, `Index`.
+//! Building, opening and searching index directories: `IndexBuilder`, `DenseWriter`,
+//! `add_hnsw` (a graph for an existing index), `CorpusBatches`, `Index`.
 
 use std::path::PathBuf;
 
@@ -46,7 +46,7 @@ fn decimal(x: f32) -> f64 {
     x.to_string().parse().expect("a float's decimal form parses")
 }
 
-/// BuildOptions from `build_index`'s and `IndexBuilder`'s arguments; `None` takes the
+/// BuildOptions from `IndexBuilder`'s arguments; `None` takes the
 /// core's default.
 #[allow(clippy::too_many_arguments)]
 fn build_options(
@@ -78,31 +78,6 @@ fn build_options(
 
 fn manifest_json(manifest: &core::Manifest) -> String {
     serde_json::to_string(manifest).expect("manifest serialises")
-}
-
-/// Builds an index of `corpus` in `out`; returns the manifest as JSON text.
-#[pyfunction]
-#[pyo3(signature = (corpus, out, *, bm25 = true, k1 = None, b = None, stem = None, stopwords = None, threads = None, memory_mb = None, skip_bad = false, progress = false))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn build_index(
-    py: Python<'_>,
-    corpus: PathBuf,
-    out: PathBuf,
-    bm25: bool,
-    k1: Option<f32>,
-    b: Option<f32>,
-    stem: Option<bool>,
-    stopwords: Option<bool>,
-    threads: Option<usize>,
-    memory_mb: Option<usize>,
-    skip_bad: bool,
-    progress: bool,
-) -> Result<String> {
-    let options = build_options(
-        bm25, k1, b, stem, stopwords, threads, memory_mb, skip_bad, progress,
-    );
-    let manifest = py.detach(|| core::index::build(&corpus, &out, &options))?;
-    Ok(manifest_json(&manifest))
 }
 
 /// An index being built: passages (and BM25) on creation, then optionally dense vectors
@@ -254,19 +229,6 @@ fn dense_info(
         encoder,
         hnsw: None,
     })
-}
-
-/// Records the dense vectors of the index `dir` in its manifest; returns it as JSON.
-#[pyfunction]
-pub(crate) fn add_dense(
-    dir: PathBuf,
-    dim: usize,
-    dtype: Option<&str>,
-    rows: u64,
-    encoder: &str,
-) -> Result<String> {
-    let manifest = core::index::add_dense(&dir, dense_info(dim, dtype, rows, encoder)?)?;
-    Ok(manifest_json(&manifest))
 }
 
 /// HnswSettings from `add_hnsw`'s arguments; `None` takes the core's default.

@@ -23,12 +23,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tags::PyTokenStopChecker>()?;
     m.add_function(wrap_pyfunction!(tags::parse_action, m)?)?;
     m.add_function(wrap_pyfunction!(pack::pack_trajectories, m)?)?;
-    m.add_function(wrap_pyfunction!(index::build_index, m)?)?;
     m.add_class::<index::PyIndexBuilder>()?;
     m.add_class::<index::PyIndex>()?;
     m.add_class::<index::PyDenseWriter>()?;
     m.add_class::<index::PyCorpusBatches>()?;
-    m.add_function(wrap_pyfunction!(index::add_dense, m)?)?;
     m.add_function(wrap_pyfunction!(index::add_hnsw, m)?)?;
     Ok(())
 }
