@@ -21,7 +21,7 @@ from typing import Any
 
 from searchr1.config import TrainConfig
 from searchr1.toy.models import TinyModelConfig, init_model
-from searchr1.toy.warmstart import WarmStartConfig, warm_start_model
+from searchr1.toy.warmstart import WarmStartConfig, stage, warm_start_model
 
 __all__ = ["TOY_CONFIG", "DemoConfig", "comparison", "quick", "run_demo", "train_config"]
 
@@ -55,16 +55,6 @@ class DemoConfig:
     )
 
 
-def _stage(log: Callable[[str], None], name: str) -> Callable[[], None]:
-    started = time.perf_counter()
-    log(f"== {name}")
-
-    def done() -> None:
-        log(f"   {name}: {time.perf_counter() - started:.1f} s")
-
-    return done
-
-
 def train_config(config: DemoConfig, paths: dict[str, Path]) -> TrainConfig:
     """The RL run of the demo: ``config.train_config`` with the demo's own paths and
     seed, and no validation during training (the demo evaluates before and after),
@@ -95,7 +85,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    done = _stage(log, "world")
+    done = stage(log, "world")
     world = build_world(
         WorldConfig(
             seed=config.seed,
@@ -111,7 +101,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     rl_config = train_config(config, paths)
     warm = replace(config.warm_start, seed=config.seed, topk=rl_config.rollout.topk)
 
-    done = _stage(log, "BM25 index")
+    done = stage(log, "BM25 index")
     shutil.rmtree(out / "index", ignore_errors=True)  # the demo's own: rebuilt (< 1 s)
     # One indexing thread keeps corpus order as document order, so tied hits come back
     # in the same order on every run (several threads split documents among segments
@@ -127,7 +117,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         # that stopped during RL): reuse it.
         log(f"== warm start: reusing {sft_dir} (same settings)")
     else:
-        done = _stage(log, "tiny model")
+        done = stage(log, "tiny model")
         init_dir = init_model(out / "init-model", world.texts(), config.model)
         done()
         warm_start_model(init_dir, sft_dir, warm, world, retriever, log=log)
@@ -137,17 +127,17 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     test = load_qa([paths["test"]])[: rl_config.data.val_size]
 
-    done = _stage(log, f"evaluate the warm start on {len(test)} held-out questions")
+    done = stage(log, f"evaluate the warm start on {len(test)} held-out questions")
     model.eval()
     before = evaluate(HFEngine(model, tok), retriever, test, rl_config.rollout)
     log(before.table())
     done()
 
-    done = _stage(log, f"GRPO, {rl_config.run.total_steps} steps")
+    done = stage(log, f"GRPO, {rl_config.run.total_steps} steps")
     last = train(rl_config)
     done()
 
-    done = _stage(log, "evaluate after RL")
+    done = stage(log, "evaluate after RL")
     rl_model: Any = AutoModelForCausalLM.from_pretrained(str(last / "actor"))
     rl_model.eval()
     after = evaluate(HFEngine(rl_model, tok), retriever, test, rl_config.rollout)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "name_drills",
     "reading_demonstrations",
     "reading_world",
+    "stage",
     "warm_start",
     "warm_start_model",
     "warm_start_trajectories",
@@ -127,6 +129,21 @@ class WarmStartReport:
     vocabulary: int = 0
 
 
+def stage(log: Callable[[str], None] | None, name: str) -> Callable[..., None]:
+    """Logs ``== name`` now; the returned ``done(*notes)`` logs each note, then how long
+    the stage took. ``log`` None: nothing is logged."""
+    started = time.perf_counter()
+    say = log or (lambda _: None)
+    say(f"== {name}")
+
+    def done(*notes: str) -> None:
+        for note in notes:
+            say(f"   {note}")
+        say(f"   {name}: {time.perf_counter() - started:.1f} s")
+
+    return done
+
+
 def warm_start(
     model: Any,
     tokenizer: Any,
@@ -138,16 +155,9 @@ def warm_start(
     """Trains ``model`` in place: copy pre-training (``config.copy_steps``), then SFT on
     the demonstrations of ``world`` searched with ``retriever`` (``config.sft_steps``;
     both needed then), with a progress bar each; ``log`` gets a line per stage."""
-    import time
-
-    def say(line: str) -> None:
-        if log is not None:
-            log(line)
-
     report = WarmStartReport()
     if config.copy_steps:
-        started = time.perf_counter()
-        say(f"== copy pre-training, up to {config.copy_steps} steps")
+        done = stage(log, f"copy pre-training, up to {config.copy_steps} steps")
         with progress_bar(config.copy_steps, "copy", "accuracy") as on_step:
             report.copy_history = copy_pretrain(
                 model,
@@ -156,14 +166,12 @@ def warm_start(
                 on_step=on_step,
             )
         first, last = report.copy_history[0][1], report.copy_history[-1][1]
-        say(f"   {len(report.copy_history)} steps; copy accuracy {first:.2f} -> {last:.2f}")
-        say(f"   copy pre-training: {time.perf_counter() - started:.1f} s")
+        done(f"{len(report.copy_history)} steps; copy accuracy {first:.2f} -> {last:.2f}")
     if not config.sft_steps:
         return report
     if world is None or retriever is None:
         raise ValueError("SFT needs a world and a retriever of its corpus")
-    started = time.perf_counter()
-    say(f"== warm start: SFT, {config.sft_steps} steps")
+    done = stage(log, f"warm start: SFT, {config.sft_steps} steps")
     trajectories = warm_start_trajectories(
         world,
         retriever,
@@ -191,8 +199,7 @@ def warm_start(
             pad_id=int(tokenizer.pad_token_id),
             on_step=on_step,
         )
-    say(f"   loss {report.sft_losses[0]:.3f} -> {report.sft_losses[-1]:.3f}")
-    say(f"   warm start: SFT, {config.sft_steps} steps: {time.perf_counter() - started:.1f} s")
+    done(f"loss {report.sft_losses[0]:.3f} -> {report.sft_losses[-1]:.3f}")
     return report
 
 
