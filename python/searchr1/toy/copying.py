@@ -27,13 +27,8 @@ class CopyConfig:
     batch_size: int = field(default=64, metadata={"help": "strings per step"})
     min_length: int = field(default=4, metadata={"help": "shortest string, in tokens"})
     max_length: int = field(default=24, metadata={"help": "longest string, in tokens"})
-    # With the demo's model, seeds 0 and 2 copy (accuracy >= 0.9) by step 700-800 at
-    # 3e-3; seeds 1 and 3 are below 0.6 at step 1,200. At 1.5e-3 three of the four copy
-    # by step 700 (the fourth: 0.86 at 1,100). Going on long after the copy has formed
-    # cost the demo's seed 0 RL gain (1,200 steps at 1.5e-3: EM +0.20, against +0.295
-    # when it stopped at 0.93), hence stop_accuracy. The demo with these defaults, seeds
-    # 0-2: stopped after 628, 961, 666 steps; EM after RL 0.32, 0.295, 0.24 (with 800
-    # steps at 3e-3: 0.36, 0.105, 0.13).
+    # 1.5e-3 forms the copy in more seeds within the budget than 3e-3, and training on
+    # long after it has formed costs RL gain, hence stop_accuracy (docs/demo.md).
     lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate (AdamW)"})
     stop_accuracy: float = field(
         default=0.9,

@@ -351,11 +351,8 @@ def reading_demonstrations(
     worlds of ``world``'s shape, each searched with a BM25 index of its own.
 
     A tiny model fine-tuned on the demonstrations of one world learns its facts by
-    heart rather than reading them off the passage it found: handed the right passage
-    of a held-out question and the start of the statement, the demo's warm start wrote
-    the year in none of 54 cases and the occupation in 1 of 30 (all facts: 45%).
-    Nothing can be learnt by heart from worlds it never meets again, only how to read:
-    with one other world the same warm start wrote 84% of the facts right. Questions
+    heart rather than reading them off the passage it found; nothing can be learnt by
+    heart from worlds it never meets again, only how to read (docs/demo.md). Questions
     that name an entity of ``world``, or answer with one, are left out, so that no
     demonstration contradicts it. The same ``search_fraction`` of them search.
     """
