@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ WORDS = [
 ]
 SERVE = [sys.executable, "-m", "searchr1", "serve"]
 LIMITS = ["--max-topk", "50", "--max-queries", "64", "--max-body-bytes", "65536"]
-LIMITS += ["--body-timeout-s", "1"]
+LIMITS += ["--body-timeout-s", "1", "--max-hits", "2000", "--max-query-chars", "1000"]
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def write_corpus(path: Path, n: int = 500, seed: int = 3) -> Path:
@@ -136,7 +138,7 @@ def request(
 def retrieve(port: int, payload: Any) -> tuple[int, Any]:
     """POST /retrieve as Search-R1's trainer does (`requests.post(url, json=payload)`)."""
     body = json.dumps(payload).encode()
-    return request(port, "POST", "/retrieve", body, {"Content-Type": "application/json"})
+    return request(port, "POST", "/retrieve", body, JSON_HEADERS)
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -254,6 +256,10 @@ BAD = [
     (b'{"queries": ["a"], "return_scores": "yes"}', 422, r'"return_scores" is str, not true'),
     (json.dumps({"queries": ["a"] * 65}).encode(), 413, r"65 queries exceed the limit of 64"),
     (json.dumps({"queries": ["a" * 70_000]}).encode(), 413, r"over the limit of 65536"),
+    (b'{"queries": ["a"], "topk": 1' + b"0" * 5000 + b"}", 400, r"a number too large to read"),
+    (b'{"queries": ["a"], "topk": 1e999}', 422, r'"topk" is float, not an integer'),
+    (json.dumps({"queries": ["a"] * 41, "topk": 50}).encode(), 413, r"ask for 2050 hits, over"),
+    (json.dumps({"queries": ["ok", "a" * 1001]}).encode(), 413, r"queries\[1\] is 1001 char"),
 ]
 
 
@@ -261,7 +267,7 @@ BAD = [
 def test_bad_input_gets_a_4xx_that_says_why(
     server: Server, body: bytes, status: int, message: str
 ) -> None:
-    got, answer = request(server.port, "POST", "/retrieve", body)
+    got, answer = request(server.port, "POST", "/retrieve", body, JSON_HEADERS)
     assert got == status, answer
     assert set(answer) == {"error"} and re.search(message, answer["error"]), answer
 
@@ -270,7 +276,7 @@ def test_oversized_chunked_body_and_unknown_routes(server: Server) -> None:
     chunks = (b"x" * 8192 for _ in range(20))  # no Content-Length: stopped while streaming
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request("POST", "/retrieve", body=chunks, encode_chunked=True)
+        conn.request("POST", "/retrieve", body=chunks, headers=JSON_HEADERS, encode_chunked=True)
         response = conn.getresponse()
         assert response.status == 413
         assert "over the limit of 65536 bytes" in json.loads(response.read())["error"]
@@ -284,7 +290,7 @@ def test_oversized_chunked_body_and_unknown_routes(server: Server) -> None:
 
 def test_disconnecting_clients_harm_nothing(server: Server, index: Retriever) -> None:
     before = metrics(server.port).get('searchr1_errors_total{reason="disconnected"}', 0)
-    head = b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = b"POST /retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     full = json.dumps({"queries": queries(30, seed=9), "topk": 10}).encode()
     partial_body = head + b"Content-Length: 1000\r\n\r\n" + b'{"queries": ["ri'
     whole = head + f"Content-Length: {len(full)}\r\n\r\n".encode() + full
@@ -301,13 +307,45 @@ def test_disconnecting_clients_harm_nothing(server: Server, index: Retriever) ->
 @pytest.mark.slow
 def test_a_body_that_never_comes_times_out(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        s.sendall(
+            b"POST /retrieve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
         answer = s.makefile("rb").read()  # the server answers, then closes
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
     assert json.loads(body) == {
         "error": "the body did not arrive within 1 s (1 bytes came; --body-timeout-s)"
     }
+
+
+@pytest.mark.parametrize("kind", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_only_json_bodies_are_read(server: Server, kind: str | None) -> None:
+    """A web page may post text/plain or a form to any address without asking; not JSON."""
+    body = json.dumps({"queries": ["river"]}).encode()
+    got, answer = request(
+        server.port, "POST", "/retrieve", body, {"Content-Type": kind} if kind else {}
+    )
+    assert got == 415 and "Content-Type: application/json" in answer["error"], answer
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    assert request(server.port, "POST", "/retrieve", body, headers)[0] == 200
+
+
+def test_a_loopback_server_answers_only_to_loopback_names(server: Server) -> None:
+    """A page whose name was rebound to 127.0.0.1 sends its own name as Host."""
+    body = json.dumps({"queries": ["river"]}).encode()
+    for host in ("evil.example", f"evil.example:{server.port}", "10.0.0.1"):
+        got, answer = request(
+            server.port, "POST", "/retrieve", body, {**JSON_HEADERS, "Host": host}
+        )
+        assert got == 421 and "does not answer to the host" in answer["error"], answer
+        assert request(server.port, "GET", "/health", headers={"Host": host})[0] == 421
+    for host in ("localhost", f"localhost:{server.port}", "127.0.0.1", f"[::1]:{server.port}"):
+        assert (
+            request(server.port, "POST", "/retrieve", body, {**JSON_HEADERS, "Host": host})[0]
+            == 200
+        )
+    assert metrics(server.port)['searchr1_requests_total{endpoint="/retrieve",status="421"}'] >= 3
 
 
 # ---------------------------------------------------------------- batching
@@ -454,9 +492,26 @@ def test_remote_retriever_times_out_each_attempt() -> None:
     assert attempts == 2
 
 
+def test_remote_retriever_gives_up_at_its_deadline() -> None:
+    """A server that accepts and never answers holds one call for the deadline, not for
+    every attempt's timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with (
+            RemoteRetriever(url, timeout=5, retries=10, backoff=0.05, deadline=0.5) as remote,
+            pytest.raises(RetrievalError, match=r"attempts within 0.5 s \(last: timed out\)"),
+        ):
+            remote.search(["river"])
+        assert time.monotonic() - started < 1.5
+
+
 def test_remote_retriever_rejects_bad_settings() -> None:
-    for bad in ({"timeout": 0}, {"retries": -1}, {"backoff": -0.5}, {"pool_size": 0}):
-        with pytest.raises(InputError, match="timeout must be positive"):
+    bad_settings = ({"timeout": 0}, {"deadline": 0}, {"retries": -1}, {"backoff": -0.5})
+    for bad in (*bad_settings, {"pool_size": 0}):
+        with pytest.raises(InputError, match="timeout and deadline must be positive"):
             RemoteRetriever("http://127.0.0.1:8000", **bad)
     with pytest.raises(InputError, match="not an http"):
         RemoteRetriever("ftp://127.0.0.1:8000")
@@ -552,6 +607,10 @@ def test_remote_retriever_reconnects_when_a_kept_connection_was_closed(
         (b'{"result": [[], []]}', r"expected a list of 1 rows \(one per query\), got 2 rows"),
         (b'{"result": [[{"doc": 1}]]}', r"not a result: result\[0\]\[0\] is"),
         (b'{"result": [[{"document": {"contents": 5}}]]}', r"result\[0\]\[0\] is"),
+        (b'{"result": [[{"doc": 1}]]}', r"without 'document'"),
+        (b'{"result": [[{"document": {"contents": "x"}, "score": NaN}]]}', r"score must be finite"),
+        (b'{"result": [[{"document": {"contents": "x"}, "score": -Infinity}]]}', r"finite"),
+        (b'{"result": [[{"document": {"contents": "x"}, "score": "1"}]]}', r"must be a number"),
     ],
 )
 def test_remote_retriever_rejects_garbage(
@@ -594,6 +653,109 @@ def test_remote_retriever_on_something_not_http() -> None:
         ):
             remote.search(["who"])
         thread.join()
+
+
+# ---------------------------------------------------------------- connections
+
+
+def _half_requests(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that send half a request line and then nothing (opened from many
+    threads: a connection the server's full backlog drops waits for TCP's retry)."""
+
+    def one(_: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
+        return s
+
+    with ThreadPoolExecutor(min(n, 64)) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _limit_open_files(n: int) -> Callable[[], None]:
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return limit
+
+
+def test_half_open_clients_cannot_starve_the_rest(index_dir: Path, tmp_path: Path) -> None:
+    """300 clients that never finish their headers, against a server allowed 128 open files:
+    the server closes the oldest of them to make room, and keeps answering."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*SERVE, "--index", str(index_dir), "--port", str(port), "--max-connections", "100"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_limit_open_files(128),
+        )
+    srv = Server(proc, f"http://127.0.0.1:{port}", port, log)
+    socks: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while retrieve_or_none(port) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, srv.output()
+            time.sleep(0.05)
+        socks = _half_requests(port, 300)
+        started = time.monotonic()
+        status, body = retrieve(port, {"queries": ["river"], "topk": 1})
+        assert status == 200 and len(body["result"]) == 1
+        assert time.monotonic() - started < 5
+        assert "at most 32 connections (not 100)" in srv.output()
+    finally:
+        for s in socks:
+            s.close()
+        assert srv.stop() == 0, srv.output()
+    assert "Traceback" not in srv.output() and "Too many open files" not in srv.output()
+
+
+def retrieve_or_none(port: int) -> tuple[int, Any] | None:
+    try:
+        return retrieve(port, {"queries": ["river"], "topk": 1})
+    except OSError:
+        return None
+
+
+def test_slow_headers_are_cut_off_and_a_full_server_says_503(
+    index_dir: Path, tmp_path: Path
+) -> None:
+    srv = start_server(
+        index_dir,
+        tmp_path,
+        *("--max-connections", "3", "--header-timeout-s", "1", "--body-timeout-s", "5"),
+    )
+    busy: list[socket.socket] = []
+    try:
+        (slow,) = _half_requests(srv.port, 1)
+        started = time.monotonic()
+        assert slow.recv(100) == b""  # closed at the deadline, without an answer
+        assert 0.8 < time.monotonic() - started < 5
+        slow.close()
+        # Three connections busy with a request whose body is late: no one to evict.
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(
+                b"POST /retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            busy.append(s)
+        time.sleep(0.3)
+        status, answer = retrieve(srv.port, {"queries": ["river"]})
+        assert status == 503 and "--max-connections" in answer["error"], answer
+        for s in busy:
+            s.close()
+        busy.clear()
+        deadline = time.monotonic() + 10
+        while (got := retrieve_or_none(srv.port)) is None or got[0] != 200:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+    finally:
+        for s in busy:
+            s.close()
+        assert srv.stop() == 0, srv.output()
 
 
 # ---------------------------------------------------------------- process life

@@ -31,6 +31,8 @@ class Limits:
     topk: int = 3
     max_topk: int = 100
     max_queries: int = 64
+    max_hits: int = 6400
+    max_query_chars: int = 1000
     allow_empty_queries: bool = False
 
 
@@ -79,6 +81,21 @@ def test_request_defaults_come_from_the_limits() -> None:
     assert (e.value.status, e.value.reason) == (413, "too_many_queries")
 
 
+@pytest.mark.parametrize(
+    ("body", "limits", "status", "reason"),
+    [
+        (b'{"queries": ["a"], "topk": 1' + b"0" * 5000 + b"}", Limits(), 400, "bad_json"),
+        (b'{"queries": ["a", "b", "c"], "topk": 5}', Limits(max_hits=14), 413, "too_many_hits"),
+        (b'{"queries": ["abcd"]}', Limits(max_query_chars=3), 413, "query_too_long"),
+    ],
+)
+def test_requests_over_the_budget(body: bytes, limits: Limits, status: int, reason: str) -> None:
+    with pytest.raises(ApiError) as e:
+        parse_request(body, limits)
+    assert (e.value.status, e.value.reason) == (status, reason)
+    assert parse_request(b'{"queries": ["a", "b", "c"], "topk": 5}', Limits(max_hits=15))
+
+
 def test_document_shape() -> None:
     hit = Hit("p1", 2.5, '"Title"\ntext')
     assert to_document(hit) == {"document": {"id": "p1", "contents": '"Title"\ntext'}, "score": 2.5}
@@ -102,6 +119,8 @@ def test_search_r1_bm25_documents() -> None:
         ({"result": [{}]}, r"result\[0\] is object, not a list"),
         ({"result": [[{"document": {"id": "1"}}]]}, r"result\[0\]\[0\] is"),
         ({"result": [[{"document": {"contents": "x"}, "score": True}]]}, r"result\[0\]\[0\]"),
+        ({"result": [[{"document": {"contents": "x"}, "score": math.nan}]]}, r"must be finite"),
+        ({"result": [[{"document": {"contents": "x"}, "score": math.inf}]]}, r"must be finite"),
     ],
 )
 def test_malformed_answers(answer: object, message: str) -> None:

@@ -89,12 +89,18 @@ class RetrievalConfig:
         default=3,
         metadata={"help": "retries of a transient failure: connection, timeout, 429/502/503/504"},
     )
+    deadline: float = field(
+        default=120.0,
+        metadata={"help": "seconds one search may take over all its attempts (url)"},
+    )
 
     def __post_init__(self) -> None:
         if self.index and self.url:
             raise ValueError("give retrieval.index or retrieval.url, not both")
-        if self.timeout <= 0 or self.retries < 0:
-            raise ValueError("retrieval.timeout must be > 0 and retrieval.retries >= 0")
+        if self.timeout <= 0 or self.deadline <= 0 or self.retries < 0:
+            raise ValueError(
+                "retrieval.timeout and retrieval.deadline must be > 0, retrieval.retries >= 0"
+            )
 
 
 @dataclass(frozen=True)

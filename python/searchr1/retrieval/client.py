@@ -47,7 +47,9 @@ class RemoteRetriever:
     seconds per socket operation (connecting, sending, each read); a failed attempt — no
     connection, a timeout, a dropped connection, or status 429/502/503/504 — is tried
     again up to ``retries`` times, after ``backoff``, ``2 * backoff``, … seconds (with
-    ±25% jitter, at most ``max_backoff``). Other 4xx/5xx answers fail at once. Up to
+    ±25% jitter, at most ``max_backoff``), as long as the call's ``deadline`` (seconds
+    from its start, over all attempts) has not passed; no attempt waits past it. Other
+    4xx/5xx answers fail at once. Up to
     ``pool_size`` idle connections are kept for reuse; any number of threads may search
     at the same time. Use it as a context manager, or call :meth:`close`.
     """
@@ -58,6 +60,7 @@ class RemoteRetriever:
         *,
         timeout: float = 60.0,
         retries: int = 3,
+        deadline: float = 120.0,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         pool_size: int = 8,
@@ -65,9 +68,10 @@ class RemoteRetriever:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InputError(f"not an http(s) URL: {url!r}")
-        if timeout <= 0 or retries < 0 or backoff < 0 or pool_size < 1:
+        if timeout <= 0 or deadline <= 0 or retries < 0 or backoff < 0 or pool_size < 1:
             raise InputError(
-                "timeout must be positive, retries and backoff non-negative, pool_size >= 1"
+                "timeout and deadline must be positive, retries and backoff non-negative, "
+                "pool_size >= 1"
             )
         path = parts.path.rstrip("/")
         if path.endswith("/retrieve"):
@@ -79,6 +83,7 @@ class RemoteRetriever:
         self._prefix = path
         self.timeout = timeout
         self.retries = retries
+        self.deadline = deadline
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.pool_size = pool_size
@@ -156,13 +161,17 @@ class RemoteRetriever:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """An idle pooled connection (reused: True) or a new one (False)."""
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle pooled connection (reused: True) or a new one (False), whose socket
+        operations wait at most ``timeout`` seconds."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return conn, True
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self.timeout), False
+        return cls(self._host, self._port, timeout=timeout), False
 
     def _release(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -177,8 +186,11 @@ class RemoteRetriever:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         last = ""
         attempt = 0
+        give_up = time.monotonic() + self.deadline
         while True:
-            conn, reused = self._connection()
+            conn, reused = self._connection(
+                max(min(self.timeout, give_up - time.monotonic()), 0.001)
+            )
             status: int | None = None
             try:
                 conn.request(method, self._prefix + path, body=body, headers=headers)
@@ -213,14 +225,16 @@ class RemoteRetriever:
                 if status not in RETRY_STATUSES:
                     raise RetrievalError(f"{url} refused the request ({status}): {message}", status)
                 last = f"status {status}: {message}"
-            if attempt >= self.retries:
+            delay = min(self.backoff * 2**attempt, self.max_backoff) * random.uniform(0.75, 1.25)
+            if attempt >= self.retries or time.monotonic() + delay >= give_up:
+                within = "" if attempt >= self.retries else f" within {self.deadline:g} s"
                 raise RetrievalError(
                     f"cannot get an answer from the retrieval server at {url} after "
-                    f"{attempt + 1} attempts (last: {last}); is `searchr1 serve` running there?",
+                    f"{attempt + 1} attempts{within} (last: {last}); is `searchr1 serve` "
+                    "running there?",
                     status,
                 )
-            delay = min(self.backoff * 2**attempt, self.max_backoff)
-            time.sleep(delay * random.uniform(0.75, 1.25))
+            time.sleep(delay)
             attempt += 1
 
 

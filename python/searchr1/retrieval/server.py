@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -28,13 +29,14 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from searchr1.errors import InputError
+from searchr1.retrieval.connections import guarded_protocol, raise_open_files_limit
 from searchr1.retrieval.encoder import DTYPES as ENCODER_DTYPES
 from searchr1.retrieval.index import MODES, Retriever
 from searchr1.retrieval.metrics import PROMETHEUS, Instrumented, Metrics
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["MicroBatcher", "ServerConfig", "create_app", "serve"]
 
@@ -97,12 +99,49 @@ class ServerConfig:
     max_queries: int = field(
         default=8192, metadata={"help": "Most queries in one request (413 beyond)."}
     )
+    max_hits: int = field(
+        default=65536,
+        metadata={"help": "Most hits one request may ask for, queries x topk (413 beyond)."},
+    )
+    max_query_chars: int = field(
+        default=4096, metadata={"help": "Longest query, in characters (413 beyond)."}
+    )
     max_body_bytes: int = field(
         default=8 << 20, metadata={"help": "Largest request body in bytes (413 beyond)."}
+    )
+    max_response_bytes: int = field(
+        default=64 << 20,
+        metadata={"help": "Largest answer in bytes; a request whose answer is larger gets 413."},
     )
     body_timeout_s: float = field(
         default=30.0,
         metadata={"help": "How long a request's body may take to arrive (408 beyond)."},
+    )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "How long a connection may take to send a request's headers, after "
+            "opening or after its previous answer; it is closed beyond."
+        },
+    )
+    idle_timeout_s: float = field(
+        default=5.0,
+        metadata={"help": "How long a kept-alive connection may sit idle before it is closed."},
+    )
+    max_connections: int = field(
+        default=1000,
+        metadata={
+            "help": "Most open connections; beyond, a new one closes the connection that has "
+            "waited longest for headers, or gets 503 when all are busy."
+        },
+    )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Host names requests may address (repeatable; * for any) "
+            "[default: loopback names when bound to loopback, else any]. Guards a loopback "
+            "server against web pages that reach it by DNS rebinding (421 otherwise)."
+        },
     )
     max_batch: int = field(
         default=1024,
@@ -132,7 +171,16 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, not {self.port}")
-        for name in ("max_topk", "max_queries", "max_body_bytes", "max_batch"):
+        for name in (
+            "max_topk",
+            "max_queries",
+            "max_hits",
+            "max_query_chars",
+            "max_body_bytes",
+            "max_response_bytes",
+            "max_connections",
+            "max_batch",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 1 <= self.topk <= self.max_topk:
@@ -146,6 +194,12 @@ class ServerConfig:
             )
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             raise InputError(f"max_wait_ms must be a finite number >= 0, not {self.max_wait_ms}")
+        for name in ("body_timeout_s", "header_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise InputError(f"{name} must be a finite number > 0, not {value}")
+        if self.topk > self.max_hits:
+            raise InputError(f"topk ({self.topk}) must not exceed max_hits ({self.max_hits})")
         if self.shutdown_timeout_s < 1:
             raise InputError(
                 f"shutdown_timeout_s must be at least 1, not {self.shutdown_timeout_s}"
@@ -278,11 +332,12 @@ class MicroBatcher:
 
 
 def search_batch(
-    retriever: Retriever, mode: str, exact: bool = False
+    retriever: Retriever, mode: str, exact: bool = False, max_response_bytes: int | None = None
 ) -> Callable[[list[RetrieveRequest]], list[bytes | Exception]]:
     """The search of one micro-batch: one ``retriever.search`` call per distinct topk
     (usually one) over the distinct queries of the requests that asked for it (GRPO
-    groups often repeat a query), whose rows are split back into each request's body."""
+    groups often repeat a query), whose rows are split back into each request's body.
+    A body over ``max_response_bytes`` becomes a 413 :class:`ApiError`."""
 
     def run(requests: list[RetrieveRequest]) -> list[bytes | Exception]:
         out: list[bytes | Exception] = [b""] * len(requests)
@@ -300,7 +355,17 @@ def search_batch(
             found = dict(zip(distinct, rows, strict=True))
             for i in members:
                 mine = [found[q] for q in requests[i].queries]
-                out[i] = response_body(mine, requests[i].return_scores)
+                body = response_body(mine, requests[i].return_scores)
+                if max_response_bytes is not None and len(body) > max_response_bytes:
+                    out[i] = ApiError(
+                        413,
+                        f"the answer is {len(body)} bytes, over the limit of "
+                        f"{max_response_bytes} (--max-response-bytes); ask for fewer "
+                        "queries or a smaller topk per request",
+                        "response_too_large",
+                    )
+                else:
+                    out[i] = body
         return out
 
     return run
@@ -316,6 +381,86 @@ def resolve_mode(retriever: Retriever, mode: str | None) -> str:
     if mode not in retriever.modes:
         raise InputError(f"{retriever.path} cannot serve {mode} mode (it has: {retriever.modes})")
     return mode
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address to bind) is this machine's loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(config: ServerConfig) -> frozenset[str] | None:
+    """The names a request's Host header may give (lower case, no port); None: any.
+
+    A server bound to loopback answers only to loopback names, so that a web page whose
+    name was rebound to 127.0.0.1 cannot use it; ``config.allowed_hosts`` adds names
+    (``*``: any).
+    """
+    names = {h.lower().strip("[]") for h in config.allowed_hosts}
+    if "*" in names:
+        return None
+    if is_loopback(config.host):
+        names |= {*LOOPBACK_NAMES, config.host.lower().strip("[]")}
+    return frozenset(names) or None
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without the port: ``[::1]:80`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_checked(app: ASGIApp, allowed: frozenset[str]) -> ASGIApp:
+    """``app``, answering 421 to HTTP requests whose Host header is not in ``allowed``
+    (a request without one, which no browser sends, passes)."""
+    from starlette.datastructures import Headers
+    from starlette.responses import Response
+
+    async def checked(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host")
+            if host is not None and host_name(host) not in allowed:
+                message = (
+                    f"this server does not answer to the host {host!r} "
+                    f"(it answers to {', '.join(sorted(allowed))}; --allowed-host adds names)"
+                )
+                await Response(error_body(message), 421, media_type=JSON)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return checked
+
+
+async def until_disconnect(request: Request, work: Awaitable[bytes]) -> bytes:
+    """The result of ``work``, which is cancelled (so a queued search is dropped before
+    it runs) if the client disconnects first; then raises ``ClientDisconnect``."""
+    from starlette.requests import ClientDisconnect
+
+    async def disconnected() -> None:
+        # The body has been read: receive() now returns only when the client leaves.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if task in done:
+        return task.result()
+    raise ClientDisconnect
 
 
 def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
@@ -345,6 +490,7 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
             "topk": config.topk,
             "max_topk": config.max_topk,
             "max_queries": config.max_queries,
+            "max_hits": config.max_hits,
         }
     ).encode()
 
@@ -381,9 +527,16 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
     async def retrieve(request: Request) -> Response:
         started = time.perf_counter()
         try:
+            kind = request.headers.get("content-type", "")
+            if kind.partition(";")[0].strip().lower() != JSON:
+                raise ApiError(
+                    415,
+                    f"send the body as Content-Type: application/json, not {kind or 'none'!r}",
+                    "bad_content_type",
+                )
             parsed = parse_request(await read_body(request), config)
             assert batcher is not None, "the lifespan starts the batcher before requests"
-            body = await batcher.submit(parsed)
+            body = await until_disconnect(request, batcher.submit(parsed))
         except ApiError as e:
             metrics.errors.inc(e.reason)
             return error(e.status, e.message)
@@ -427,7 +580,7 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal batcher
-        run = search_batch(retriever, mode, config.exact)
+        run = search_batch(retriever, mode, config.exact, config.max_response_bytes)
         async with MicroBatcher(run, config.max_batch, config.max_wait_ms / 1000, metrics) as b:
             batcher = b
             yield
@@ -441,7 +594,8 @@ def create_app(config: ServerConfig, retriever: Retriever) -> ASGIApp:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-    return Instrumented(app, metrics, ENDPOINTS)
+    allowed = allowed_hosts(config)
+    return Instrumented(app if allowed is None else host_checked(app, allowed), metrics, ENDPOINTS)
 
 
 @contextlib.contextmanager
@@ -472,16 +626,32 @@ def serve(config: ServerConfig) -> None:
     mode = resolve_mode(retriever, config.mode)
     started = time.perf_counter()
     retriever.search(["warm up"], k=config.topk, mode=mode, exact=config.exact)  # loads the encoder
+    # Each connection holds a file descriptor, and so do those accepted in a burst (up to
+    # the backlog, a few bursts deep) before the cap closes others: all stay within the
+    # process's limit, with room for the index's files.
+    spare, backlog = 64, 2048
+    files = raise_open_files_limit(config.max_connections + 2 * backlog + spare) - spare
+    max_connections = max(min(config.max_connections, files // 2), 1)
+    backlog = max(min(backlog, files // 8), 1)
     server_config = uvicorn.Config(
         create_app(config, retriever),
         host=config.host,
         port=config.port,
+        http=guarded_protocol(max_connections, config.header_timeout_s),
+        backlog=backlog,
+        timeout_keep_alive=config.idle_timeout_s,  # type: ignore[arg-type]
         log_level=config.log_level,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=config.shutdown_timeout_s,
         server_header=False,
     )  # sets up uvicorn's loggers, ours among them
+    if max_connections < config.max_connections:
+        logger.warning(
+            "at most %d connections (not %d): the open-files limit is low (ulimit -n)",
+            max_connections,
+            config.max_connections,
+        )
     logger.info(
         "searchr1 serve: %s (%d passages, %s mode) ready in %.1fs; micro-batches of up to "
         "%d queries, %.1f ms wait",

@@ -47,7 +47,8 @@ def to_document(hit: Hit, return_score: bool = True) -> dict[str, Any]:
 
 
 def from_document(item: Any) -> Hit:
-    """The :class:`Hit` of one answered document; the score is NaN when absent.
+    """The :class:`Hit` of one answered document; the score is NaN when absent (and
+    must be a finite number when present).
 
     Search-R1's own BM25 server sends ``title`` and ``text`` (and no ``id``); they are
     joined into ``contents`` when it is missing. Raises KeyError, TypeError or
@@ -59,9 +60,13 @@ def from_document(item: Any) -> Hit:
         contents = f'"{doc["title"]}"\n{doc["text"]}'
     if not isinstance(contents, str):
         raise TypeError("contents must be a string")
-    score = item.get("score", math.nan)
+    if "score" not in item:
+        return Hit(str(doc.get("id", "")), math.nan, contents)
+    score = item["score"]
     if not isinstance(score, (int, float)) or isinstance(score, bool):
         raise TypeError("score must be a number")
+    if not math.isfinite(score):
+        raise ValueError("score must be finite")
     return Hit(str(doc.get("id", "")), float(score), contents)
 
 
@@ -89,6 +94,10 @@ class RequestLimits(Protocol):
     @property
     def max_queries(self) -> int: ...
     @property
+    def max_hits(self) -> int: ...
+    @property
+    def max_query_chars(self) -> int: ...
+    @property
     def allow_empty_queries(self) -> bool: ...
 
 
@@ -112,8 +121,9 @@ def parse_request(body: bytes, limits: RequestLimits) -> RetrieveRequest:
 
     Raises :class:`ApiError`: 400 when the body is not UTF-8 JSON, 422 when it is JSON
     of the wrong shape (the message names the field, e.g. ``queries[2] is int, not str``),
-    413 when it holds more queries than ``limits.max_queries``. An absent or null
-    ``topk`` is ``limits.topk``.
+    413 when it asks for more work than the limits allow (more than ``max_queries``
+    queries, a query longer than ``max_query_chars``, or more than ``max_hits`` hits in
+    all). An absent or null ``topk`` is ``limits.topk``.
     """
     try:
         text = body.decode("utf-8")
@@ -129,6 +139,8 @@ def parse_request(body: bytes, limits: RequestLimits) -> RetrieveRequest:
         raise ApiError(400, f"the body is not valid JSON: {e}", "bad_json") from None
     except RecursionError:
         raise ApiError(400, "the body is not valid JSON: nested too deeply", "bad_json") from None
+    except ValueError as e:  # an integer of more digits than Python converts (4300)
+        raise ApiError(400, f"the body holds a number too large to read: {e}", "bad_json") from None
     if not isinstance(data, dict):
         raise ApiError(422, f"the body must be a JSON object, not {json_type(data)}", "invalid")
     if "queries" not in data:
@@ -148,6 +160,13 @@ def parse_request(body: bytes, limits: RequestLimits) -> RetrieveRequest:
     for i, q in enumerate(queries):
         if not isinstance(q, str):
             raise ApiError(422, f"queries[{i}] is {json_type(q)}, not str", "invalid")
+        if len(q) > limits.max_query_chars:
+            raise ApiError(
+                413,
+                f"queries[{i}] is {len(q)} characters long, over the limit of "
+                f"{limits.max_query_chars} (--max-query-chars)",
+                "query_too_long",
+            )
         if not q.strip() and not limits.allow_empty_queries:
             raise ApiError(
                 422,
@@ -172,6 +191,14 @@ def parse_request(body: bytes, limits: RequestLimits) -> RetrieveRequest:
     elif topk > limits.max_topk:
         raise ApiError(
             422, f"topk {topk} exceeds the limit of {limits.max_topk} (--max-topk)", "invalid"
+        )
+    if len(queries) * topk > limits.max_hits:
+        raise ApiError(
+            413,
+            f"{len(queries)} queries x topk {topk} ask for {len(queries) * topk} hits, over "
+            f"the limit of {limits.max_hits} per request (--max-hits); split them over "
+            "several requests",
+            "too_many_hits",
         )
     return_scores = data.get("return_scores", False)
     if not isinstance(return_scores, bool):
@@ -213,8 +240,12 @@ def parse_response(answer: Any, n: int) -> list[list[Hit]]:
         for j, item in enumerate(row):
             try:
                 hits.append(from_document(item))
-            except (KeyError, TypeError, ValueError):
-                raise MalformedResponse(f"result[{i}][{j}] is {excerpt(item)}") from None
+            except KeyError as e:
+                raise MalformedResponse(
+                    f"result[{i}][{j}] is {excerpt(item)}, without {e}"
+                ) from None
+            except (TypeError, ValueError) as e:
+                raise MalformedResponse(f"result[{i}][{j}] is {excerpt(item)}: {e}") from None
         out.append(hits)
     return out
 
