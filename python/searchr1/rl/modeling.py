@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from searchr1.hub import local_model
 from searchr1.rl.algos import entropy_from_logits, token_logprobs
 
 __all__ = ["ValueModel", "response_logprobs", "response_values"]
@@ -71,7 +72,8 @@ class ValueModel(nn.Module):
         from transformers import AutoModel
 
         auto: Any = AutoModel
-        backbone = auto.from_pretrained(str(path), dtype=dtype)
+        path = local_model(path)
+        backbone = auto.from_pretrained(path, dtype=dtype, local_files_only=True)
         model = cls(backbone, backbone.config.hidden_size).to(dtype)
         head = Path(path) / "value_head.pt"
         if head.exists():

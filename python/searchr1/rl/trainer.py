@@ -35,6 +35,7 @@ import torch
 from searchr1.config import TrainConfig
 from searchr1.data import load_qa
 from searchr1.evaluate import summarize
+from searchr1.hub import local_model
 from searchr1.packing import pack
 from searchr1.retrieval.backend import open_backend
 from searchr1.reward import exact_match, get_reward
@@ -133,9 +134,12 @@ class Trainer:
         self.out = Path(config.run.output_dir)
 
         # --- models -------------------------------------------------------------------
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+        model_dir = local_model(config.model.path)  # never a download
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         auto: Any = AutoModelForCausalLM
-        self.actor = auto.from_pretrained(config.model.path, dtype=torch.float32).to(self.device)
+        self.actor = auto.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True).to(
+            self.device
+        )
         if config.model.gradient_checkpointing:
             self.actor.gradient_checkpointing_enable()
         self.ref = None
@@ -143,7 +147,7 @@ class Trainer:
             self.ref = copy.deepcopy(self.actor).eval().requires_grad_(False)
         self.critic: ValueModel | None = None
         if advantage_estimator(rl.algorithm).critic:
-            self.critic = ValueModel.from_pretrained(config.model.path).to(self.device)
+            self.critic = ValueModel.from_pretrained(model_dir).to(self.device)
             if config.model.gradient_checkpointing:
                 self.critic.backbone.gradient_checkpointing_enable()  # type: ignore[operator]
         # FSDP2: the trained models are sharded; generation uses full weights (see fsdp.py).
@@ -207,6 +211,7 @@ class Trainer:
             mode=cfg.mode,
             timeout=cfg.timeout,
             retries=cfg.retries,
+            deadline=cfg.deadline,
         )
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

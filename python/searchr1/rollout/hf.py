@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from searchr1.hub import local_model
 from searchr1.rollout.engine import (
     FinishReason,
     Generation,
@@ -65,17 +66,19 @@ class HFEngine:
         dtype: str = "auto",
         max_batch_size: int | None = None,
     ) -> HFEngine:
-        """Loads a model directory; ``dtype``: ``auto`` (bf16 on CUDA, else f32) or a name."""
+        """Loads a model directory (or a model in the local Hugging Face cache; nothing is
+        downloaded); ``dtype``: ``auto`` (bf16 on CUDA, else f32) or a name."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        path = local_model(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         # transformers' annotations of this classmethod confuse mypy: go through Any.
         auto: Any = AutoModelForCausalLM
-        model = auto.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        model = auto.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)
         model.to(device).eval()
         return cls(model, tokenizer, max_batch_size=max_batch_size)
 

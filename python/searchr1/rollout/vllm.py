@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from searchr1.hub import local_model
 from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler, eos_token_ids
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class VLLMEngine:
         seed: int = 0,
         **llm_kwargs: Any,
     ) -> None:
+        model = local_model(model)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM

@@ -122,8 +122,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         done()
         warm_start_model(init_dir, sft_dir, warm, world, retriever, log=log)
         marker.write_text(sft_key)
-    tok = AutoTokenizer.from_pretrained(sft_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(sft_dir))
+    tok = AutoTokenizer.from_pretrained(sft_dir, local_files_only=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(sft_dir), local_files_only=True)
 
     test = load_qa([paths["test"]])[: rl_config.data.val_size]
 
@@ -138,7 +138,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     done()
 
     done = stage(log, "evaluate after RL")
-    rl_model: Any = AutoModelForCausalLM.from_pretrained(str(last / "actor"))
+    rl_model: Any = AutoModelForCausalLM.from_pretrained(str(last / "actor"), local_files_only=True)
     rl_model.eval()
     after = evaluate(HFEngine(rl_model, tok), retriever, test, rl_config.rollout)
     log(after.table())

@@ -233,8 +233,8 @@ def warm_start_model(
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
     n_params = sum(p.numel() for p in model.parameters())
     if log is not None:
         log(f"   {model_dir}: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
