@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -117,7 +118,7 @@ async def _load(
     deadline = time.perf_counter() + seconds
 
     async def client(c: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             for i in range(per_client):
                 if time.perf_counter() > deadline:
@@ -129,16 +130,28 @@ async def _load(
                     f"Content-Length: {len(body)}\r\n\r\n"
                 ).encode()
                 start = time.perf_counter()
-                writer.write(head + body)
-                status, _ = await _read_response(reader)
+                try:
+                    if connection is None:
+                        connection = await asyncio.open_connection("127.0.0.1", port)
+                    reader, writer = connection
+                    writer.write(head + body)
+                    status, _ = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError):
+                    counts["errors"] += 1  # refused, reset or dropped: count it, reconnect
+                    if connection is not None:
+                        connection[1].close()
+                    connection = None
+                    continue
                 latencies.append(time.perf_counter() - start)
                 if status == 200:
                     counts["queries"] += size
                 else:
                     counts["errors"] += 1
         finally:
-            writer.close()
-            await writer.wait_closed()
+            if connection is not None:
+                connection[1].close()
+                with contextlib.suppress(OSError):
+                    await connection[1].wait_closed()
 
     start = time.perf_counter()
     await asyncio.gather(*(client(c) for c in range(clients)))

@@ -168,6 +168,24 @@ def test_any_body_gets_an_answer_or_a_4xx_that_says_why(
 # ---------------------------------------------------------------- bounded work
 
 
+def test_a_grpo_batch_fits_the_default_limits(retriever: Retriever) -> None:
+    """Search-R1's GRPO step (512 prompts x 5 responses) sends up to 2,560 queries at
+    top-3 in one request; the defaults take it, with room for Wikipedia's ~100-word
+    passages (under 1 KB a hit) in the answer."""
+    defaults = ServerConfig(index=Path("unused"))
+    queries = [f"{WORDS[i % len(WORDS)]} {i}" for i in range(512 * 5)]
+    body = json.dumps({"queries": queries, "topk": 3, "return_scores": True}).encode()
+    assert len(body) <= defaults.max_body_bytes
+    assert len(queries) * 3 * 1000 <= defaults.max_response_bytes
+    app = create_app(defaults, retriever)
+
+    async def work(client: Client) -> tuple[int, bytes]:
+        return await client.request(body)
+
+    status, answer = run(app, work)
+    assert status == 200 and len(json.loads(answer)["result"]) == len(queries)
+
+
 def test_an_answer_over_the_limit_gets_413(retriever: Retriever) -> None:
     app = create_app(config(max_response_bytes=400), retriever)
     small = json.dumps({"queries": ["river"], "topk": 1}).encode()
