@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_bm25 import corpus_and_queries
-from bench_server import Load, _load, _start, free_port, request_bodies
+from bench_server import Load, _load, _start, free_port, read_head, request_bodies
 from common import machine, report
 
 HERE = Path(__file__).parent
@@ -49,14 +49,7 @@ HERE = Path(__file__).parent
 
 async def _status_and_drain(reader: asyncio.StreamReader) -> int:
     """Reads one response, discarding its body in chunks (it may be hundreds of MB)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
+    status, length = await read_head(reader)
     while length:
         chunk = await reader.read(min(length, 1 << 20))
         if not chunk:

@@ -98,7 +98,8 @@ def request_bodies(
     return out
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, int]:
+    """The status and Content-Length of the next response."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -107,6 +108,11 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
+    return status, length
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    status, length = await read_head(reader)
     return status, await reader.readexactly(length)
 
 
