@@ -208,14 +208,21 @@ def test_index_errors(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="not valid JSON"):
         Retriever.open(out)
     manifest.unlink()
+    with pytest.raises(IndexFormatError, match="interrupted before it wrote its manifest"):
+        Retriever.open(out)
+    (out / ".searchr1-index").unlink()
     with pytest.raises(IndexFormatError, match="did not finish"):
         Retriever.open(out)
     with pytest.raises(FileNotFoundError):
         Retriever.open(tmp_path / "nowhere")
-    # A damaged BM25 index fails with a clear error, not a crash.
+    # A damaged BM25 index fails with a clear error naming the file, not a crash; one
+    # whose checksums the manifest lacks still fails when tantivy opens it.
     manifest.write_text(json.dumps(body))
     for f in (out / "bm25").glob("meta.json"):
         f.write_text("garbage")
+    with pytest.raises(IndexFormatError, match=r"bm25/meta\.json: 7 bytes, but the manifest"):
+        Retriever.open(out)
+    manifest.write_text(json.dumps({**body, "files": {}}))
     with pytest.raises(IndexFormatError, match="BM25 index cannot be opened"):
         Retriever.open(out)
 
@@ -230,13 +237,16 @@ def test_defaults_have_one_owner(corpus: Path, tmp_path: Path) -> None:
     assert tuned.manifest["bm25"] == {"k1": 1.2, "b": 0.4, "stem": False, "stopwords": True}
 
 
-def test_the_manifest_is_written_last(corpus: Path, tmp_path: Path) -> None:
+def test_the_manifest_is_complete_last(corpus: Path, tmp_path: Path) -> None:
     from searchr1 import _core
 
     out = tmp_path / "idx"
     builder = _core.IndexBuilder(corpus, out, threads=2)
-    assert (out / "passages.bin").is_file() and not (out / "manifest.json").exists()
+    assert (out / "passages.bin").is_file()
     assert json.loads(builder.manifest)["corpus"]["passages"] == 400
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    with pytest.raises(IndexFormatError, match="interrupted"):
+        Retriever.open(out)
     with pytest.raises(InputError, match="no dense vectors"):
         builder.add_hnsw()
     assert json.loads(builder.finish()) == Retriever.open(out).manifest

@@ -20,6 +20,7 @@ __all__ = [
     "add_hnsw",
     "pack_trajectories",
     "parse_action",
+    "verify_index",
 ]
 
 __version__: str
@@ -143,10 +144,12 @@ def pack_trajectories(
 
 @final
 class IndexBuilder:
-    """An index being built in ``out`` (absent or empty): the passages (and BM25) on
-    creation, then optionally dense vectors and an HNSW graph; ``finish`` writes the
-    manifest, last. ``abort`` (or dropping the builder unfinished) removes what the
-    build wrote."""
+    """An index being built in ``out`` (absent or empty, or with ``overwrite`` a
+    searchr1 index or interrupted build to replace): the passages (and BM25) on
+    creation, then optionally dense vectors and an HNSW graph, each stage committed by
+    an incomplete manifest; ``finish`` marks it complete. ``abort`` (or dropping the
+    builder unfinished) removes what the build wrote; so does Ctrl-C during a step,
+    which then raises ``KeyboardInterrupt``."""
 
     def __new__(
         cls,
@@ -162,12 +165,14 @@ class IndexBuilder:
         memory_mb: int | None = None,
         skip_bad: bool = False,
         progress: bool = False,
+        overwrite: bool = False,
     ) -> IndexBuilder: ...
     @property
     def manifest(self) -> str:
-        """The manifest ``finish`` will write, as it stands, as JSON text."""
+        """The manifest as it stands (incomplete until ``finish``), as JSON text."""
     def add_dense(self, dim: int, dtype: str | None, rows: int, encoder: str) -> None:
-        """Records the vectors a ``DenseWriter`` wrote into the index's ``dense`` directory."""
+        """Records the vectors a ``DenseWriter`` wrote into the index's ``dense`` directory
+        (reading them back for their checksum)."""
     def add_hnsw(
         self,
         *,
@@ -180,7 +185,8 @@ class IndexBuilder:
     ) -> None:
         """Builds an HNSW graph over the dense vectors."""
     def finish(self) -> str:
-        """Writes the manifest, which completes the index; returns it as JSON text."""
+        """Writes the manifest marked complete, which commits the index; returns it as
+        JSON text."""
     def abort(self) -> None:
         """Removes what the build wrote (nothing once finished)."""
 
@@ -238,6 +244,10 @@ def add_hnsw(
     progress: bool = False,
 ) -> str:
     """Builds an HNSW graph over the dense vectors of the index ``dir``; returns the manifest."""
+
+def verify_index(dir: PathLike[str] | str) -> tuple[int, int, int, list[str]]:
+    """Reads every file of the index ``dir`` against the checksums of its manifest;
+    returns ``(files checked, their bytes, files recorded, problems)``."""
 
 @final
 class CorpusBatches:

@@ -21,7 +21,7 @@ def main() -> None:
     """
 
 
-for command in (*retrieval.COMMANDS, *training.COMMANDS, *toy.COMMANDS):
+for command in (*retrieval.COMMANDS, retrieval.verify_cmd, *training.COMMANDS, *toy.COMMANDS):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -55,13 +55,21 @@ def _core_option(name: str, *decls: str, help: str, **kwargs: Any) -> Callable[[
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="New index directory (must not exist or be empty).",
+    help="New index directory: absent or empty (or an index to replace, with --overwrite).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace --out when it holds a searchr1 index or the leftover of an interrupted "
+    "build; any other non-empty directory is refused.",
 )
 @click.option("--bm25/--no-bm25", default=True, show_default=True, help="Build the BM25 index.")
 @click.option(
     "--dense-model",
     type=click.Path(path_type=Path),
-    help="transformers model directory: also build dense vectors (e.g. e5-base-v2).",
+    help="transformers model directory (recorded by its absolute path), or the name of a "
+    "model in the local Hugging Face cache: also build dense vectors (e.g. e5-base-v2). "
+    "Nothing is downloaded.",
 )
 @_core_option(
     "dtype",
@@ -96,10 +104,16 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
 
     The corpus is streamed, never held in memory whole. A malformed line stops the build
     with the file, line number and problem (or is skipped with --skip-bad); a repeated id
-    is always an error. Scores follow Lucene's BM25 with pyserini's defaults.
-    With --dense-model, passages are also encoded (mean or CLS pooling, e5 prefixes
-    when the model is an e5) and searched exactly by inner product, or through an
-    HNSW graph with --hnsw.
+    is always an error, and so is a corpus with no passages. Ids are strings (whole
+    numbers are read as their text). Scores follow Lucene's BM25 with pyserini's
+    defaults; equal scores rank in corpus order. With --dense-model, passages are also
+    encoded (mean or CLS pooling, e5 prefixes when the model is an e5) and searched
+    exactly by inner product, or through an HNSW graph with --hnsw.
+
+    The manifest, written after each stage with checksums of the files, says whether
+    the build finished: an index killed mid-build does not open, and --overwrite
+    rebuilds it. Ctrl-C stops a build promptly and removes what it wrote.
+    `searchr1 verify` checks every byte of an index later.
 
     \b
     Example:
@@ -206,8 +220,17 @@ def _serve_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
 @_serve_option("exact", is_flag=True)
 @_serve_option("max_topk", type=click.IntRange(1))
 @_serve_option("max_queries", type=click.IntRange(1))
+@_serve_option("max_hits", type=click.IntRange(1))
+@_serve_option("max_query_chars", type=click.IntRange(1))
 @_serve_option("max_body_bytes", type=click.IntRange(1))
+@_serve_option("max_response_bytes", type=click.IntRange(1))
 @_serve_option("body_timeout_s", type=click.FloatRange(0, min_open=True))
+@_serve_option("header_timeout_s", type=click.FloatRange(0, min_open=True))
+@_serve_option("idle_timeout_s", type=click.FloatRange(0, min_open=True))
+@_serve_option("max_connections", type=click.IntRange(1))
+@_serve_option(
+    "allowed_hosts", "--allowed-host", multiple=True, default=(), show_default=False, metavar="NAME"
+)
 @_serve_option("max_batch", type=click.IntRange(1))
 @_serve_option("max_wait_ms", type=click.FloatRange(0, 10_000))
 @_serve_option("allow_empty_queries", is_flag=True)
@@ -223,17 +246,56 @@ def serve_cmd(index_dir: Path, **options: Any) -> None:
 
     Queries of concurrent requests are searched together in micro-batches (up to
     --max-batch queries, waiting at most --max-wait-ms for more). Bad requests get a
-    4xx with {"error": "..."}. SIGTERM stops it gracefully (exit status 0).
+    4xx with {"error": "..."}: each request's work is bounded (--max-queries,
+    --max-hits, --max-query-chars, --max-response-bytes), and slow or idle connections
+    are closed (--header-timeout-s, --idle-timeout-s, --max-connections). Only
+    application/json bodies are read. SIGTERM stops it gracefully (exit status 0).
 
     \b
     Example:
       searchr1 serve --index indexes/wiki-18 --port 8000
-      curl -s localhost:8000/retrieve -d '{"queries": ["who wrote dune"], "topk": 3}'
+      curl -s localhost:8000/retrieve -H 'Content-Type: application/json' \\
+        -d '{"queries": ["who wrote dune"], "topk": 3}'
     """
     from searchr1.retrieval.server import ServerConfig, serve
 
     with user_errors():
         serve(ServerConfig(index=index_dir, **options))
+
+
+@click.command("verify")
+@click.argument(
+    "index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+def verify_cmd(index_dir: Path) -> None:
+    """Check every file of INDEX against the checksums its build recorded.
+
+    Opening an index (search, serve) checks each file's size and its first and last
+    4 KiB only; this reads every byte, which takes a while for a large index. Exit
+    status 0 when the index is intact; 1, naming each damaged file, when it is not, or
+    when its build was interrupted. Rebuild a damaged index with
+    `searchr1 index --overwrite`.
+
+    \b
+    Example:
+      searchr1 verify indexes/wiki-18
+    """
+    from searchr1.retrieval.index import verify
+
+    with user_errors():
+        report = verify(index_dir)
+    if report.problems:
+        lines = "\n".join(f"  {p}" for p in report.problems)
+        raise click.ClickException(
+            f"{index_dir} is damaged:\n{lines}\nRebuild it with `searchr1 index --overwrite`."
+        )
+    if not report.recorded:
+        click.echo(
+            f"{index_dir}: opens, but records no checksums (built by an older searchr1); "
+            "rebuild it to have them"
+        )
+        return
+    click.echo(f"{index_dir}: intact ({report.files} files, {report.bytes:,} bytes checked)")
 
 
 COMMANDS = (parse_action_cmd, index_cmd, search_cmd, serve_cmd)

@@ -4,11 +4,16 @@ An :class:`Encoder` turns queries and passages into L2-normalised float32 vector
 a transformers ``AutoModel``: mean or CLS pooling over the last hidden state, optional
 prefixes (e5 wants ``"query: "`` / ``"passage: "``), batched, in bf16/fp16 on a GPU.
 torch and transformers are imported only when an encoder is created.
+
+Models load from disk only (``local_files_only``): a model directory, or the name of a
+model already in the local Hugging Face cache. Nothing is ever fetched from the Hub, so
+a path that does not exist can never load a Hub repository of the same name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,12 +35,44 @@ EAGER_ATTENTION_UP_TO = 128
 #: The dtypes an encoder can compute in (its weights and activations).
 DTYPES = ("float32", "bfloat16", "float16")
 
+#: What a Hugging Face Hub repository id looks like (``name`` or ``owner/name``).
+_HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+
+
+def locate_model(model: str | Path, index: Path | None = None) -> str:
+    """Where to load the encoder ``model`` from: the absolute path of a model directory,
+    or a name to look up in the local Hugging Face cache.
+
+    A relative path is taken relative to ``index`` (the index directory whose manifest
+    names the model) when given, else to the working directory. A name that is no
+    existing path but reads as a Hub id (``owner/name``) is returned as is, for the
+    cache; anything else raises :class:`~searchr1.errors.InputError` naming the path.
+    """
+    name = str(model)
+    path = Path(name).expanduser()
+    if not path.is_absolute() and index is not None:
+        path = index / path
+    if path.exists():
+        return str(path.resolve())
+    if _HUB_ID.fullmatch(name) and ".." not in name:
+        return name
+    where = f" (named in {index / 'manifest.json'})" if index is not None else ""
+    raise InputError(
+        f"cannot load the encoder model {name!r}{where}: {path.absolute()} does not exist"
+    )
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """What an index records about its encoder, so queries are encoded the same way."""
 
-    model: str = field(metadata={"help": "Model directory (or hub name) for AutoModel."})
+    model: str = field(
+        metadata={
+            "help": "Model directory for AutoModel (stored absolute; a relative one is read "
+            "relative to the index), or the name of a model in the local Hugging Face "
+            "cache. Nothing is downloaded."
+        }
+    )
     pooling: Pooling = field(default="mean", metadata={"help": "mean or cls pooling."})
     query_prefix: str = field(default="", metadata={"help": 'Prepended to queries ("query: ").'})
     passage_prefix: str = field(
@@ -52,9 +89,11 @@ class EncoderConfig:
     @classmethod
     def for_model(cls, model: str | Path, **overrides: Any) -> EncoderConfig:
         """Settings that suit ``model``: e5 prefixes for e5 models, and the pooling a
-        sentence-transformers model declares in ``1_Pooling/config.json``."""
-        path = Path(model)
-        settings: dict[str, Any] = {"model": str(model)}
+        sentence-transformers model declares in ``1_Pooling/config.json``. A model
+        directory is recorded by its absolute path, so an index built with a relative
+        one opens from any working directory."""
+        path = Path(model).expanduser()
+        settings: dict[str, Any] = {"model": str(path.resolve()) if path.exists() else str(model)}
         if "e5" in path.name.lower():
             settings.update(query_prefix="query: ", passage_prefix="passage: ")
         pooling_file = path / "1_Pooling" / "config.json"
@@ -101,11 +140,23 @@ class Encoder:
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         if dtype not in DTYPES:
             raise InputError(f"encoder dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        location = locate_model(config.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-            model = AutoModel.from_pretrained(config.model, dtype=getattr(torch, dtype))
-        except OSError as e:
-            raise InputError(f"cannot load the encoder model {config.model!r}: {e}") from e
+            # From disk only: never a download, whatever HF_HUB_OFFLINE says.
+            self.tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+            model = AutoModel.from_pretrained(
+                location, dtype=getattr(torch, dtype), local_files_only=True
+            )
+        except (OSError, ValueError) as e:
+            if Path(location).is_absolute():
+                reason = f"the directory holds no model transformers can load: {e}"
+            else:
+                # transformers' own message here talks of connecting to the Hub.
+                reason = (
+                    "there is no such directory, and no model of that name in the local "
+                    "Hugging Face cache (searchr1 never downloads models: give a model directory)"
+                )
+            raise InputError(f"cannot load the encoder model {location!r}: {reason}") from e
         self.model = model.to(self.device).eval()
         self.dim: int = int(self.model.config.hidden_size)
         #: How many linear layers run on packed oneDNN weights (on a CPU, in float32 or

@@ -17,7 +17,7 @@ from searchr1.errors import IndexFormatError, InputError
 if TYPE_CHECKING:
     from searchr1.retrieval.encoder import Encoder
 
-__all__ = ["MODES", "Hit", "Retriever"]
+__all__ = ["MODES", "Hit", "Retriever", "Verified", "verify"]
 
 #: Search modes an index may support: hybrid needs both BM25 and dense vectors.
 MODES = ("bm25", "dense", "hybrid")
@@ -116,8 +116,18 @@ class Retriever:
         memory_mb: int | None = None,
         skip_bad: bool = False,
         progress: bool | None = None,
+        overwrite: bool = False,
     ) -> Retriever:
         """Indexes ``corpus`` (JSONL, plain or ``.gz``) into the new directory ``out``.
+
+        ``out`` must be absent or empty; with ``overwrite`` it may also hold a searchr1
+        index or the leftover of an interrupted build, which is replaced (never any
+        other directory). The build writes a marker file first, then the manifest
+        after each stage (passages and BM25, dense vectors, graph) with checksums of
+        the files, marked complete at the end: an index killed mid-build does not open
+        (:class:`~searchr1.errors.IndexFormatError` says it was interrupted). Ctrl-C
+        stops it promptly and removes what it wrote; so does any failure. A corpus
+        with no passages is a :class:`~searchr1.errors.CorpusError`.
 
         Rows are ``{"id", "contents"}`` (Search-R1) or ``{"id", "title", "text"}``. A
         malformed row raises :class:`~searchr1.errors.CorpusError` naming the file and
@@ -127,7 +137,9 @@ class Retriever:
         stop words and Porter2 stemming. ``threads`` indexing threads (default: every
         core) share ``memory_mb``.
 
-        ``dense_model`` (a transformers model directory) adds dense vectors, stored as
+        ``dense_model`` (a transformers model directory, recorded by its absolute path;
+        or the name of a model in the local Hugging Face cache: nothing is downloaded)
+        adds dense vectors, stored as
         ``dtype`` ("f32", "f16", or "i8" with a scale per row); pooling and prefixes
         default to what suits the model (see :meth:`EncoderConfig.for_model`). ``hnsw``
         also builds an HNSW graph (searchr1's own, walked with the vectors in
@@ -135,13 +147,16 @@ class Retriever:
         vectors' has its candidates re-scored exactly against them; ``connectivity``
         links per node, ``ef_construction`` / ``ef_search`` candidate lists) that dense
         search then uses. ``progress`` draws
-        bars on standard error (default: when it is a terminal). A failed build leaves
-        nothing behind.
+        bars on standard error (default: when it is a terminal).
         """
         if not bm25 and dense_model is None:
             raise InputError("nothing to build: enable bm25 or give a dense_model")
         if hnsw and dense_model is None:
             raise InputError("hnsw=True needs a dense_model to encode the passages with")
+        if dense_model is not None:
+            from searchr1.retrieval.encoder import locate_model
+
+            locate_model(dense_model)  # a missing model directory fails before any work
         if progress is None:
             progress = sys.stderr.isatty()
         out = Path(out)
@@ -157,6 +172,7 @@ class Retriever:
             memory_mb=memory_mb,
             skip_bad=skip_bad,
             progress=progress,
+            overwrite=overwrite,
         )
         try:
             if dense_model is not None:
@@ -241,7 +257,9 @@ class Retriever:
         """Opens the index directory ``path`` (memory-mapped; fast for any size).
 
         Raises :class:`~searchr1.errors.IndexFormatError` for a directory that is not a
-        complete searchr1 index of a version this package reads. The dense encoder is
+        complete searchr1 index of a version this package reads, or whose files differ
+        in size or in their first or last 4 KiB from what its build recorded
+        (:func:`verify` reads them whole). The dense encoder is
         loaded on ``device`` at the first dense or hybrid search, computing in
         ``encoder_dtype`` (see :class:`~searchr1.retrieval.encoder.Encoder`). ``cache_size`` keeps
         the results of that many recent (query, k, mode) in an LRU cache. ``mode`` is
@@ -288,14 +306,19 @@ class Retriever:
         return encoder
 
     def _load_encoder(self) -> Encoder:
-        from searchr1.retrieval.encoder import Encoder, EncoderConfig
+        from searchr1.retrieval.encoder import Encoder, EncoderConfig, locate_model
 
         dense = self.manifest.get("dense")
         if not dense:
             raise InputError(f"{self.path} has no dense vectors")
-        encoder = Encoder(
-            EncoderConfig(**dense["encoder"]), device=self._device, dtype=self._encoder_dtype
-        )
+        recorded = dense["encoder"]["model"]
+        # A relative model path (from an index built before paths were stored absolute)
+        # is read relative to the index, never to the working directory or the Hub.
+        config = EncoderConfig(**{**dense["encoder"], "model": locate_model(recorded, self.path)})
+        try:
+            encoder = Encoder(config, device=self._device, dtype=self._encoder_dtype)
+        except InputError as e:
+            raise InputError(f"{e} (the encoder of {self.path / 'manifest.json'})") from e
         if encoder.dim != dense["dim"]:
             raise IndexFormatError(
                 f"{self.path}: the index holds {dense['dim']}-d vectors but the encoder "
@@ -362,6 +385,27 @@ class Retriever:
             dense = self._index.search_dense(self.encoder.encode(queries), depth, exact)
             return [_fuse([s, d], weights, k) for s, d in zip(sparse, dense, strict=True)]
         return [[Hit(i, s, c) for i, s, c in row] for row in rows]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What :func:`verify` found: ``files`` read whole (``bytes`` in all) and found as
+    built, of ``recorded`` in the manifest, and ``problems``, one line per damaged
+    file (none: the index is intact)."""
+
+    files: int
+    bytes: int
+    recorded: int
+    problems: list[str]
+
+
+def verify(path: str | Path) -> Verified:
+    """Reads every file of the index ``path`` and compares it with the checksums its
+    build recorded, then opens it. Raises :class:`~searchr1.errors.IndexFormatError`
+    when the manifest is unreadable or the build was interrupted; damaged files are
+    listed in ``problems``. An index built before checksums has none recorded."""
+    files, nbytes, recorded, problems = _core.verify_index(Path(path))
+    return Verified(files, nbytes, recorded, problems)
 
 
 def _fuse(

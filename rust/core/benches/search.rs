@@ -3,6 +3,7 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use searchr1_core::bm25::{Bm25Index, Bm25Settings};
@@ -43,7 +44,7 @@ fn bench_bm25(c: &mut Criterion) {
         })
         .collect();
     let settings = Bm25Settings::default();
-    Bm25Index::build(&dir, passages.into_iter(), settings, 2, 64 << 20, |_| {}).unwrap();
+    Bm25Index::build(&dir, passages.into_iter(), settings, 2, 64 << 20, |_| Ok(())).unwrap();
     let index = Bm25Index::open(&dir, settings).unwrap();
     let queries: Vec<String> = (0..256).map(|_| words(&mut rng, 5)).collect();
     let mut group = c.benchmark_group("bm25_search");
@@ -112,7 +113,7 @@ fn bench_hnsw(c: &mut Criterion) {
         expansion_add: 64,
         expansion_search: 32,
     };
-    HnswIndex::build(&dir, &flat, settings, 2, |_| {}).unwrap();
+    HnswIndex::build(&dir, &flat, settings, 2, |_| {}, &AtomicBool::new(false)).unwrap();
     let graph = HnswIndex::open(&dir, settings, &flat).unwrap();
     let queries: Vec<f32> = clustered(&mut Rng(17), 256, dim);
     let mut group = c.benchmark_group("hnsw_search");

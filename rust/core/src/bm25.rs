@@ -23,7 +23,7 @@ use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextO
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, StopWordFilter, TextAnalyzer,
 };
-use tantivy::{DocId, DocSet, Index, IndexReader, ReloadPolicy, TantivyDocument, Term, TERMINATED};
+use tantivy::{DocSet, Index, IndexReader, ReloadPolicy, TantivyDocument, Term, TERMINATED};
 
 use crate::analysis::CachedStemmer;
 use crate::corpus::Passage;
@@ -130,15 +130,15 @@ impl Bm25Index {
     /// Builds an index in `dir` (which must be empty or absent) from `passages`.
     ///
     /// `threads` indexing threads share `memory_budget` bytes; `on_passage` is called
-    /// after each passage is queued (for progress). More than a few segments are merged
-    /// into one.
+    /// after each passage is queued (for progress), and an error from it stops the
+    /// build (a cancel). More than a few segments are merged into one.
     pub fn build<E>(
         dir: &Path,
         passages: impl Iterator<Item = Result<Passage, E>>,
         settings: Bm25Settings,
         threads: usize,
         memory_budget: usize,
-        mut on_passage: impl FnMut(u64),
+        mut on_passage: impl FnMut(u64) -> Result<(), E>,
     ) -> Result<BuildStats, E>
     where
         E: From<IndexError>,
@@ -163,7 +163,9 @@ impl Bm25Index {
             doc.add_text(contents_field, &passage.contents);
             writer.add_document(doc).map_err(tantivy_err)?;
             stats.passages += 1;
-            on_passage(stats.passages);
+            // An error drops the writer, whose threads then stop without writing the
+            // segments they hold.
+            on_passage(stats.passages)?;
         }
         writer.commit().map_err(tantivy_err)?;
         // A few segments (one per indexing thread, typically) search as fast as one, and
@@ -243,10 +245,7 @@ impl Bm25Index {
                 || self.analyzer.clone(),
                 |analyzer, query| {
                     let terms = self.query_terms(analyzer, query, &searcher, &stats)?;
-                    let top = top_k(&searcher, self.contents_field, &terms, &norm_tables, k)?;
-                    top.into_iter()
-                        .map(|(score, segment, doc)| Ok((row_of(&searcher, segment, doc)?, score)))
-                        .collect()
+                    top_k(&searcher, self.contents_field, &terms, &norm_tables, k)
                 },
             )
             .collect()
@@ -284,19 +283,6 @@ impl Bm25Index {
         }
         Ok(terms)
     }
-}
-
-/// The passage-store row of a document, from its fast field.
-fn row_of(searcher: &tantivy::Searcher, segment: u32, doc: DocId) -> Result<usize, IndexError> {
-    let column = searcher
-        .segment_reader(segment)
-        .fast_fields()
-        .u64("row")
-        .map_err(tantivy_err)?;
-    column
-        .first(doc)
-        .map(|row| row as usize)
-        .ok_or_else(|| IndexError::Corrupt(format!("document {doc} of segment {segment} has no row")))
 }
 
 /// Collection statistics over all segments.
@@ -355,7 +341,9 @@ fn cannot_enter(bound: f32, threshold: f32) -> bool {
     bound < threshold - threshold.abs() * 1e-5
 }
 
-/// The best `k` of every segment as (score, segment, doc), by MaxScore.
+/// The best `k` of every segment as (row, score), best first, by MaxScore; equal scores
+/// go to the earlier row (corpus order), so the hits do not depend on how the build's
+/// threads cut the corpus into segments.
 ///
 /// Terms are ordered by weight; the lightest ones whose weights together cannot reach
 /// the current k-th score are "non-essential": only documents of the other terms'
@@ -370,7 +358,7 @@ fn top_k(
     terms: &[(Term, f32)],
     norms: &NormTable,
     k: usize,
-) -> Result<Vec<(f32, u32, DocId)>, IndexError> {
+) -> Result<Vec<(usize, f32)>, IndexError> {
     let mut best = TopK::new(k);
     if k == 0 || terms.is_empty() {
         return Ok(Vec::new());
@@ -380,6 +368,7 @@ fn top_k(
         let inverted = segment.inverted_index(field).map_err(tantivy_err)?;
         let fieldnorms = segment.get_fieldnorms_reader(field).map_err(tantivy_err)?;
         let alive = segment.alive_bitset();
+        let rows = segment.fast_fields().u64("row").map_err(tantivy_err)?;
         let mut cursors = Vec::with_capacity(terms.len());
         for (slot, (term, weight)) in terms.iter().enumerate() {
             let postings = inverted
@@ -444,10 +433,13 @@ fn top_k(
             if !dropped && alive.is_none_or(|a| a.is_alive(doc)) {
                 // In query-term order from zero, as a pass term by term would add them.
                 let score = parts.iter().fold(0f32, |sum, &p| sum + p);
-                best.push(Scored {
-                    score,
-                    key: ((ord as u64) << 32) | doc as u64,
-                });
+                // The row is looked up only for a document that can enter.
+                if score >= best.threshold() {
+                    let row = rows.first(doc).ok_or_else(|| {
+                        IndexError::Corrupt(format!("document {doc} of segment {ord} has no row"))
+                    })?;
+                    best.push(Scored { score, key: row });
+                }
             }
             parts.fill(0.0);
         }
@@ -455,7 +447,7 @@ fn top_k(
     Ok(best
         .into_sorted()
         .into_iter()
-        .map(|c| (c.score, (c.key >> 32) as u32, c.key as u32))
+        .map(|c| (c.key as usize, c.score))
         .collect())
 }
 
@@ -515,7 +507,7 @@ mod tests {
             Bm25Settings::default(),
             2,
             15_000_000,
-            |_| {},
+            |_| Ok(()),
         )
         .unwrap();
         let index = Bm25Index::open(&dir, Bm25Settings::default()).unwrap();
@@ -539,7 +531,7 @@ mod tests {
             ..Default::default()
         };
         let docs = ["apple banana", "Apple apple cherry", "banana", "the"];
-        Bm25Index::build(&dir, passages(&docs), settings, 1, 0, |_| {}).unwrap();
+        Bm25Index::build(&dir, passages(&docs), settings, 1, 0, |_| Ok(())).unwrap();
         let index = Bm25Index::open(&dir, settings).unwrap();
         assert_eq!(index.len(), 4);
         assert_eq!(index.analyze("The Apples, the CHERRY!"), ["apples", "cherry"]);
@@ -558,6 +550,57 @@ mod tests {
         assert!(hits[1].is_empty(), "a query of stop words finds nothing");
         // A repeated query term weighs twice, as in pyserini's bag-of-words queries.
         assert!((hits[2][0].1 - 2.0 * hits[0][0].1).abs() < 1e-6);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ties_go_to_the_earlier_row_whatever_the_segments() {
+        // Identical passages among others, on 1 and 4 threads with a small budget (so
+        // several segments): equal scores come back in corpus order.
+        let texts: Vec<String> = (0..6000)
+            .map(|i| {
+                if i % 7 == 3 {
+                    "apple banana cherry".to_string()
+                } else {
+                    format!("filler w{} w{}", i % 101, i % 37)
+                }
+            })
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let want: Vec<usize> = (0..texts.len()).filter(|i| i % 7 == 3).take(20).collect();
+        for threads in [1, 4] {
+            let dir = tmp(&format!("ties{threads}"));
+            Bm25Index::build(&dir, passages(&refs), Bm25Settings::default(), threads, 0, |_| {
+                Ok(())
+            })
+            .unwrap();
+            let index = Bm25Index::open(&dir, Bm25Settings::default()).unwrap();
+            let hits = index.search(&["banana".into()], 20).unwrap();
+            let rows: Vec<usize> = hits[0].iter().map(|h| h.0).collect();
+            assert_eq!(rows, want, "{threads} threads");
+            assert!(hits[0].iter().all(|h| h.1 == hits[0][0].1));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_error_from_on_passage_stops_the_build() {
+        let dir = tmp("stop");
+        let docs: Vec<String> = (0..500).map(|i| format!("w{i}")).collect();
+        let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        let mut seen = 0;
+        let err = Bm25Index::build(&dir, passages(&refs), Bm25Settings::default(), 2, 0, |n| {
+            seen = n;
+            if n == 100 {
+                Err(IndexError::Cancelled)
+            } else {
+                Ok(())
+            }
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, IndexError::Cancelled));
+        assert_eq!(seen, 100);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

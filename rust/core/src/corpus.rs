@@ -6,9 +6,12 @@
 //! * `{"id": "0", "title": "Title", "text": "text"}`, turned into the first form with
 //!   the title quoted, so observations read the same either way.
 //!
-//! Ids may be strings or integers. A malformed line stops the read with an error that
-//! names the file, the line and what is wrong, unless bad lines are to be skipped (then
-//! they are counted). Blank lines are ignored. A repeated id is always an error.
+//! Ids are strings; an integer id is read as its decimal text (`5` is `"5"`), and any
+//! other kind of id is an error that says so. A UTF-8 byte-order mark at the start of
+//! the file (as some Windows tools write) is skipped. A malformed line stops the read
+//! with an error that names the file, the line and what is wrong, unless bad lines are
+//! to be skipped (then they are counted). Blank lines are ignored. A repeated id is
+//! always an error.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -44,19 +47,76 @@ impl Passage {
 /// What a good row looks like, for error messages.
 const ROW_SHAPE: &str = r#"rows look like {"id": "1", "contents": "\"Title\"\ntext"}"#;
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// The UTF-8 encoding of U+FEFF, the byte-order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A row's `"id"` as found: any JSON value deserialises, so that a wrong kind gets its
+/// own message rather than serde's.
 enum RawId {
     Text(String),
-    Int(i64),
+    Int(String),
+    /// The kind of value found instead (for the message).
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawId;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawId, E> {
+                Ok(RawId::Text(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<RawId, E> {
+                Ok(RawId::Text(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawId, E> {
+                Ok(RawId::Int(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawId, E> {
+                Ok(RawId::Int(v.to_string()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<RawId, E> {
+                Ok(RawId::Other("a number with a fraction or an exponent"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<RawId, E> {
+                Ok(RawId::Other("a boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<RawId, E> {
+                Ok(RawId::Other("null"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawId, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(RawId::Other("an array"))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawId, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(RawId::Other("an object"))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
 struct RawPassage {
+    // Not a plain Option: that would read `"id": null` as no id at all.
+    #[serde(default, deserialize_with = "present_id")]
     id: Option<RawId>,
     contents: Option<String>,
     title: Option<String>,
     text: Option<String>,
+}
+
+fn present_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<RawId>, D::Error> {
+    RawId::deserialize(deserializer).map(Some)
 }
 
 /// A checksum of every byte read from the file (CRC-32 and length).
@@ -182,8 +242,13 @@ impl CorpusReader {
             })
         })?;
         let id = match raw.id {
-            Some(RawId::Text(s)) => s,
-            Some(RawId::Int(i)) => i.to_string(),
+            Some(RawId::Text(s) | RawId::Int(s)) => s,
+            Some(RawId::Other(kind)) => {
+                return Err(self.bad(format!(
+                    "\"id\" is {kind}; ids must be strings (or whole numbers, read as their \
+                     decimal text); {ROW_SHAPE}"
+                )))
+            }
             None => return Err(self.bad("no \"id\" field".into())),
         };
         let contents = match (raw.contents, raw.title, raw.text) {
@@ -214,6 +279,24 @@ impl Iterator for CorpusReader {
                         path: self.path.clone(),
                         source,
                     }))
+                }
+            }
+            if self.buf.starts_with(BOM) {
+                if self.line_no == 1 {
+                    self.buf.drain(..BOM.len());
+                } else {
+                    // Files saved with a BOM and then concatenated carry one mid-file.
+                    let err = self.bad(
+                        "the line starts with a UTF-8 byte-order mark (U+FEFF), as when files \
+                         saved with one are concatenated; remove it (only the file's first \
+                         line may have one)"
+                            .into(),
+                    );
+                    if self.skip_bad {
+                        self.skipped += 1;
+                        continue;
+                    }
+                    return Some(Err(err));
                 }
             }
             let parsed = match std::str::from_utf8(&self.buf) {
@@ -270,6 +353,37 @@ mod tests {
         assert_eq!((got[0].title(), got[0].text()), ("\"T\"", "body"));
         assert_eq!(got[1].id, "7");
         assert_eq!(got[1].contents, "\"U\"\nx\ny");
+    }
+
+    #[test]
+    fn integer_ids_read_as_text_and_a_leading_bom_is_skipped() {
+        let path = write(
+            "bom.jsonl",
+            b"\xEF\xBB\xBF{\"id\": 5, \"contents\": \"x\"}\n{\"id\": 18446744073709551615, \"contents\": \"y\"}\n",
+        );
+        let ids: Vec<String> = CorpusReader::open(&path, false)
+            .unwrap()
+            .map(|p| p.unwrap().id)
+            .collect();
+        assert_eq!(ids, ["5", "18446744073709551615"]);
+
+        let later = write(
+            "bom2.jsonl",
+            b"{\"id\": \"a\", \"contents\": \"x\"}\n\xEF\xBB\xBF{\"id\": \"b\", \"contents\": \"y\"}\n",
+        );
+        let err = CorpusReader::open(&later, false)
+            .unwrap()
+            .nth(1)
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bom2.jsonl:2: the line starts with a UTF-8 byte-order mark"),
+            "{err}"
+        );
+        let mut reader = CorpusReader::open(&later, true).unwrap();
+        assert_eq!(reader.by_ref().count(), 1);
+        assert_eq!(reader.skipped(), 1);
     }
 
     #[test]
@@ -331,6 +445,27 @@ mod tests {
         assert!(err.to_string().contains("e.jsonl:1: not valid UTF-8"), "{err}");
         let ok: Vec<_> = CorpusReader::open(&bad_utf8, true).unwrap().collect();
         assert_eq!(ok.len(), 1);
+
+        for (id, kind) in [
+            ("5.5", "a number with a fraction or an exponent"),
+            ("true", "a boolean"),
+            ("null", "null"),
+            ("[1]", "an array"),
+            ("{\"a\": [1]}", "an object"),
+        ] {
+            let body = format!("{{\"id\": {id}, \"contents\": \"x\"}}\n");
+            let path = write("f.jsonl", body.as_bytes());
+            let err = CorpusReader::open(&path, false)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("f.jsonl:1: \"id\" is {kind}; ids must be strings")),
+                "{err}"
+            );
+        }
 
         let missing = CorpusReader::open(Path::new("/nonexistent/x.jsonl"), false)
             .err()

@@ -22,7 +22,7 @@ use crate::error::IndexError;
 use crate::simd;
 use crate::topk::{Scored, TopK};
 
-const VECTORS: &str = "vectors.bin";
+pub(crate) const VECTORS: &str = "vectors.bin";
 /// Rows multiplied at once: with 384-d f32 rows a block is 1.5 MiB. Large blocks
 /// amortise the GEMM's packing of its operands (measured: 512 x 256 ran 10% slower).
 const BLOCK_ROWS: usize = 1024;

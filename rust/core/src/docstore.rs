@@ -12,8 +12,8 @@ use memmap2::Mmap;
 
 use crate::error::IndexError;
 
-const DATA: &str = "passages.bin";
-const OFFSETS: &str = "passages.idx";
+pub(crate) const DATA: &str = "passages.bin";
+pub(crate) const OFFSETS: &str = "passages.idx";
 
 /// Appends passages; [`DocStoreWriter::finish`] writes the offsets.
 pub struct DocStoreWriter {

@@ -63,6 +63,16 @@ pub enum CorpusError {
     },
     #[error("{}:{line}: duplicate id {id:?} (an earlier line has the same id)", path.display())]
     DuplicateId { path: PathBuf, line: u64, id: String },
+    #[error("{}: no passages: {}", path.display(), empty_reason(*.skipped))]
+    Empty { path: PathBuf, skipped: u64 },
+}
+
+fn empty_reason(skipped: u64) -> String {
+    if skipped == 0 {
+        "the file is empty or holds only blank lines".into()
+    } else {
+        format!("all {skipped} of its lines were malformed and skipped; an index needs at least one passage")
+    }
 }
 
 /// Errors of building, opening or searching an index.
@@ -78,6 +88,12 @@ pub enum IndexError {
     Mismatch(String),
     #[error("tantivy: {0}")]
     Tantivy(String),
+    /// The directory holds a build that did not finish (it was killed or failed).
+    #[error("{0}")]
+    Incomplete(String),
+    /// The caller asked the build to stop (Ctrl-C); what it wrote is removed.
+    #[error("the build was interrupted; what it wrote was removed")]
+    Cancelled,
     #[error(transparent)]
     Corpus(#[from] CorpusError),
 }

@@ -27,7 +27,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use memmap2::Mmap;
@@ -40,9 +40,9 @@ use crate::dense::{
 use crate::error::IndexError;
 use crate::topk::{Scored, TopK};
 
-const GRAPH: &str = "hnsw.graph";
+pub(crate) const GRAPH: &str = "hnsw.graph";
 /// The walk's own copy of the vectors, when the graph's dtype is not the flat one's.
-const CODES: &str = "hnsw";
+pub(crate) const CODES: &str = "hnsw";
 /// What searchr1 up to 0.1 wrote (a usearch graph); it cannot be read any more.
 const USEARCH_GRAPH: &str = "hnsw.usearch";
 const MAGIC: &[u8; 8] = b"SR1HNSW1";
@@ -451,12 +451,15 @@ impl Links for HnswIndex {
 impl HnswIndex {
     /// Builds the graph of every vector of `flat` into `dir`, inserting rows on
     /// `threads` threads; `on_rows` is told how many rows are in after each chunk.
+    /// Raising `stop` ends the build early with [`IndexError::Cancelled`] (the files
+    /// it wrote are left to the caller).
     pub fn build(
         dir: &Path,
         flat: &FlatIndex,
         settings: HnswSettings,
         threads: usize,
         on_rows: impl Fn(usize) + Sync,
+        stop: &AtomicBool,
     ) -> Result<(), IndexError> {
         settings.validate()?;
         let rows = flat.rows();
@@ -472,7 +475,7 @@ impl HnswIndex {
         for stale in [dir.join(USEARCH_GRAPH), dir.join(GRAPH)] {
             let _ = std::fs::remove_file(stale);
         }
-        let codes = Self::write_codes(dir, flat, settings.dtype.dtype())?;
+        let codes = Self::write_codes(dir, flat, settings.dtype.dtype(), stop)?;
         let walk = codes.as_ref().unwrap_or(flat);
         let levels: Vec<u8> = (0..rows)
             .map(|r| level_of(r, settings.connectivity) as u8)
@@ -497,18 +500,29 @@ impl HnswIndex {
                 SCRATCH.with_borrow_mut(|scratch| {
                     let mut bufs = [Vec::new(), Vec::new(), Vec::new()];
                     for node in chunk {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         builder.insert(node as u32, scratch, &mut bufs);
                     }
                 });
                 on_rows(done.fetch_add(count, Ordering::Relaxed) + count);
             })
         });
+        if stop.load(Ordering::Relaxed) {
+            return Err(IndexError::Cancelled);
+        }
         builder.write(&dir.join(GRAPH))
     }
 
     /// Writes the walk's copy of `flat`'s vectors as `dtype` (none when `flat` is
     /// stored so already) and opens it.
-    fn write_codes(dir: &Path, flat: &FlatIndex, dtype: DType) -> Result<Option<FlatIndex>, IndexError> {
+    fn write_codes(
+        dir: &Path,
+        flat: &FlatIndex,
+        dtype: DType,
+        stop: &AtomicBool,
+    ) -> Result<Option<FlatIndex>, IndexError> {
         let codes_dir = dir.join(CODES);
         if codes_dir.exists() {
             std::fs::remove_dir_all(&codes_dir).map_err(|e| IndexError::io(&codes_dir, e))?;
@@ -519,6 +533,9 @@ impl HnswIndex {
         let mut writer = DenseWriter::create(&codes_dir, flat.dim(), dtype)?;
         let mut buf = Vec::new();
         for start in (0..flat.rows()).step_by(4096) {
+            if stop.load(Ordering::Relaxed) {
+                return Err(IndexError::Cancelled);
+            }
             writer.add(flat.vectors(start, (start + 4096).min(flat.rows()), &mut buf))?;
         }
         let rows = writer.finish()?;
@@ -748,7 +765,7 @@ mod tests {
             dtype: Quantization::F32,
             ..HnswSettings::default()
         };
-        HnswIndex::build(&dir, &flat, settings, 2, |_| {}).unwrap();
+        HnswIndex::build(&dir, &flat, settings, 2, |_| {}, &AtomicBool::new(false)).unwrap();
         let graph = dir.join(GRAPH);
         let good = std::fs::read(&graph).unwrap();
         let message = |bytes: &[u8]| {
@@ -807,7 +824,7 @@ mod tests {
                 expansion_search: 64,
                 ..HnswSettings::default()
             };
-            HnswIndex::build(&dir, &flat, settings, 2, |_| {}).unwrap();
+            HnswIndex::build(&dir, &flat, settings, 2, |_| {}, &AtomicBool::new(false)).unwrap();
             let index = HnswIndex::open(&dir, settings, &flat).unwrap();
             assert_eq!(index.codes.is_some(), flat_dtype != graph.dtype());
             let queries: Vec<f32> = vectors[..300 * dim].iter().map(|x| x * 0.9 + 0.01).collect();

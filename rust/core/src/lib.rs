@@ -6,7 +6,9 @@
 //!   so generation ends exactly at `</search>` or `</answer>` with nothing decoded.
 //! * [`corpus`], [`bm25`], [`index`]: the retriever — a streamed JSONL corpus, BM25
 //!   over tantivy scored as Lucene does with settable `k1` / `b`, batched search on
-//!   rayon, and an index directory whose [`manifest`] the index layer writes last.
+//!   rayon, and an index directory whose [`manifest`] the index layer writes after each
+//!   build stage (the commit point), with [`checksum`]s of every file; a long build
+//!   step stops when its [`cancel`] says so.
 //! * [`dense`], [`hnsw`], [`simd`]: dense vectors searched exactly (blocked SGEMMs) or
 //!   through our own HNSW graph, with SIMD inner products chosen at run time.
 //! * [`pack`]: multi-turn rollouts into batch arrays with the loss mask that hides
@@ -16,6 +18,8 @@
 
 pub mod analysis;
 pub mod bm25;
+pub mod cancel;
+pub mod checksum;
 pub mod corpus;
 pub mod dense;
 pub mod docstore;
@@ -30,6 +34,7 @@ pub mod tags;
 pub mod topk;
 
 pub use bm25::{Bm25Index, Bm25Settings, ScoredPassage};
+pub use cancel::Cancel;
 pub use corpus::{CorpusReader, Passage};
 pub use error::{CorpusError, IndexError, PackError, TagError};
 pub use index::{BuildOptions, IndexBuilder, IndexDir};

@@ -1,7 +1,13 @@
 //! Building, opening and searching index directories: `IndexBuilder`, `DenseWriter`,
-//! `add_hnsw` (a graph for an existing index), `CorpusBatches`, `Index`.
+//! `add_hnsw` (a graph for an existing index), `verify_index`, `CorpusBatches`, `Index`.
+//!
+//! A build runs with the GIL released, and asks Python now and then whether a signal
+//! arrived ([`Interrupt`]): Ctrl-C stops it within a fraction of a second (but for
+//! tantivy's final flush of the BM25 segments, which runs to its end), removes what it
+//! wrote, and raises the `KeyboardInterrupt` the signal raised.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
@@ -46,6 +52,44 @@ fn decimal(x: f32) -> f64 {
     x.to_string().parse().expect("a float's decimal form parses")
 }
 
+/// A [`core::Cancel`] that asks Python whether a signal arrived, and keeps the
+/// exception its handler raised (`KeyboardInterrupt` for Ctrl-C) to raise once the core
+/// has stopped and cleaned up. Python runs signal handlers on its main thread only, so
+/// this stops builds started there (as the command line's are).
+#[derive(Clone)]
+struct Interrupt {
+    cancel: core::Cancel,
+    raised: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl Interrupt {
+    fn new() -> Self {
+        let raised = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&raised);
+        let cancel = core::Cancel::new(move || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    *slot.lock().expect("never poisoned") = Some(e);
+                    true
+                }
+            })
+        });
+        Interrupt { cancel, raised }
+    }
+
+    /// `result` as a binding result, with the signal's exception for a cancel.
+    fn result<T>(&self, result: std::result::Result<T, core::IndexError>) -> Result<T> {
+        match result {
+            Err(core::IndexError::Cancelled) => match self.raised.lock().expect("never poisoned").take() {
+                Some(e) => Err(Error::Py(e)),
+                None => Err(core::IndexError::Cancelled.into()),
+            },
+            other => Ok(other?),
+        }
+    }
+}
+
 /// BuildOptions from `IndexBuilder`'s arguments; `None` takes the
 /// core's default.
 #[allow(clippy::too_many_arguments)]
@@ -59,6 +103,8 @@ fn build_options(
     memory_mb: Option<usize>,
     skip_bad: bool,
     progress: bool,
+    overwrite: bool,
+    cancel: core::Cancel,
 ) -> core::BuildOptions {
     let defaults = core::BuildOptions::default();
     let bm25_defaults = core::Bm25Settings::default();
@@ -73,6 +119,8 @@ fn build_options(
         memory_budget: memory_mb.map_or(defaults.memory_budget, |mb| mb << 20),
         skip_bad,
         progress,
+        overwrite,
+        cancel,
     }
 }
 
@@ -81,14 +129,18 @@ fn manifest_json(manifest: &core::Manifest) -> String {
 }
 
 /// An index being built: passages (and BM25) on creation, then optionally dense vectors
-/// and a graph; `finish` writes the manifest, last. Aborted, or dropped unfinished, it
-/// removes what the build wrote.
+/// and a graph, each stage committed by an incomplete manifest; `finish` marks it
+/// complete. Aborted, interrupted, or dropped unfinished, it removes what the build
+/// wrote.
 #[pyclass(module = "searchr1._core", name = "IndexBuilder")]
-pub(crate) struct PyIndexBuilder(Option<core::IndexBuilder>);
+pub(crate) struct PyIndexBuilder {
+    builder: Option<core::IndexBuilder>,
+    interrupt: Interrupt,
+}
 
 impl PyIndexBuilder {
     fn builder(&mut self) -> Result<&mut core::IndexBuilder> {
-        self.0
+        self.builder
             .as_mut()
             .ok_or_else(|| Error::Py(InputError::new_err("this IndexBuilder is finished or aborted")))
     }
@@ -97,7 +149,7 @@ impl PyIndexBuilder {
 #[pymethods]
 impl PyIndexBuilder {
     #[new]
-    #[pyo3(signature = (corpus, out, *, bm25 = true, k1 = None, b = None, stem = None, stopwords = None, threads = None, memory_mb = None, skip_bad = false, progress = false))]
+    #[pyo3(signature = (corpus, out, *, bm25 = true, k1 = None, b = None, stem = None, stopwords = None, threads = None, memory_mb = None, skip_bad = false, progress = false, overwrite = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -112,24 +164,49 @@ impl PyIndexBuilder {
         memory_mb: Option<usize>,
         skip_bad: bool,
         progress: bool,
+        overwrite: bool,
     ) -> Result<Self> {
+        let interrupt = Interrupt::new();
         let options = build_options(
-            bm25, k1, b, stem, stopwords, threads, memory_mb, skip_bad, progress,
+            bm25,
+            k1,
+            b,
+            stem,
+            stopwords,
+            threads,
+            memory_mb,
+            skip_bad,
+            progress,
+            overwrite,
+            interrupt.cancel.clone(),
         );
-        let builder = py.detach(|| core::IndexBuilder::create(&corpus, &out, &options))?;
-        Ok(PyIndexBuilder(Some(builder)))
+        let builder = interrupt.result(py.detach(|| core::IndexBuilder::create(&corpus, &out, &options)))?;
+        Ok(PyIndexBuilder {
+            builder: Some(builder),
+            interrupt,
+        })
     }
 
-    /// The manifest `finish` will write, as it stands, as JSON text.
+    /// The manifest as it stands (incomplete until `finish`), as JSON text.
     #[getter]
     fn manifest(&mut self) -> Result<String> {
         Ok(manifest_json(self.builder()?.manifest()))
     }
 
-    /// Records the vectors a `DenseWriter` wrote into the index's `dense` directory.
-    fn add_dense(&mut self, dim: usize, dtype: Option<&str>, rows: u64, encoder: &str) -> Result<()> {
+    /// Records the vectors a `DenseWriter` wrote into the index's `dense` directory
+    /// (reading them back for their checksum).
+    fn add_dense(
+        &mut self,
+        py: Python<'_>,
+        dim: usize,
+        dtype: Option<&str>,
+        rows: u64,
+        encoder: &str,
+    ) -> Result<()> {
         let dense = dense_info(dim, dtype, rows, encoder)?;
-        Ok(self.builder()?.add_dense(dense)?)
+        let interrupt = self.interrupt.clone();
+        let builder = self.builder()?;
+        interrupt.result(py.detach(|| builder.add_dense(dense)))
     }
 
     /// Builds an HNSW graph over the dense vectors.
@@ -147,20 +224,22 @@ impl PyIndexBuilder {
     ) -> Result<()> {
         let settings = hnsw_settings(dtype, connectivity, expansion_add, expansion_search)?;
         let threads = threads.unwrap_or_else(|| core::BuildOptions::default().threads);
+        let interrupt = self.interrupt.clone();
         let builder = self.builder()?;
-        Ok(py.detach(|| builder.add_hnsw(settings, threads, progress))?)
+        interrupt.result(py.detach(|| builder.add_hnsw(settings, threads, progress)))
     }
 
-    /// Writes the manifest, which completes the index; returns it as JSON text.
+    /// Writes the manifest marked complete, which commits the index; returns it as
+    /// JSON text.
     fn finish(&mut self) -> Result<String> {
         self.builder()?;
-        let builder = self.0.take().expect("checked above");
+        let builder = self.builder.take().expect("checked above");
         Ok(manifest_json(&builder.finish()?))
     }
 
     /// Removes what the build wrote (nothing once finished).
     fn abort(&mut self, py: Python<'_>) {
-        if let Some(builder) = self.0.take() {
+        if let Some(builder) = self.builder.take() {
             py.detach(|| drop(builder));
         }
     }
@@ -268,8 +347,19 @@ pub(crate) fn add_hnsw(
 ) -> Result<String> {
     let settings = hnsw_settings(dtype, connectivity, expansion_add, expansion_search)?;
     let threads = threads.unwrap_or_else(|| core::BuildOptions::default().threads);
-    let manifest = py.detach(|| core::index::add_hnsw(&dir, settings, threads, progress))?;
+    let interrupt = Interrupt::new();
+    let manifest = interrupt
+        .result(py.detach(|| core::index::add_hnsw(&dir, settings, threads, progress, &interrupt.cancel)))?;
     Ok(manifest_json(&manifest))
+}
+
+/// Reads every file of the index `dir` against the checksums of its manifest; returns
+/// `(files checked, their bytes, files recorded, problems)`.
+#[pyfunction]
+pub(crate) fn verify_index(py: Python<'_>, dir: PathBuf) -> Result<(usize, u64, usize, Vec<String>)> {
+    let interrupt = Interrupt::new();
+    let report = interrupt.result(py.detach(|| core::index::verify(&dir, &interrupt.cancel)))?;
+    Ok((report.files, report.bytes, report.recorded, report.problems))
 }
 
 /// Reads a corpus in batches of `(id, contents)` pairs.

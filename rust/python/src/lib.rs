@@ -28,5 +28,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<index::PyDenseWriter>()?;
     m.add_class::<index::PyCorpusBatches>()?;
     m.add_function(wrap_pyfunction!(index::add_hnsw, m)?)?;
+    m.add_function(wrap_pyfunction!(index::verify_index, m)?)?;
     Ok(())
 }
