@@ -13,7 +13,8 @@ measuring loop):
 - slowloris: `--half-open` (300) connections that send half a request line and then
   nothing, each reopened as soon as the server closes it;
 - greedy: one client sending the largest request the body limit lets through,
-  8,192 queries at top-100 (a 196 KB body asking for 819,200 hits), back to back;
+  8,192 queries at top-100 (a body of a few hundred KB asking for 819,200 hits), back
+  to back;
 - leavers: clients that send a 512-query request and hang up without reading;
 - junk: bad JSON, a 5,000-digit topk, a text/plain body, on keep-alive connections.
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_bm25
 import bench_dense
+import bench_hostile
 import bench_pack
 import bench_rollout
 import bench_server
@@ -36,6 +37,7 @@ def main() -> None:
         "dense": bench_dense.main([]),
         "server": bench_server.main([]),
         "server_dense": bench_server.main(DENSE_SERVER),
+        "server_hostile": bench_hostile.main([]),
     }
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
