@@ -369,16 +369,37 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
         assert shown == [(row["step"], pytest.approx(row["reward"])) for row in resumed]
 
 
+LOSSES = [
+    {"loss_agg": "seq-mean-token-sum"},
+    {"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean"},
+    # with DAPO's overlong shaping: 12 tokens a turn, 2 turns; the last 20 cost reward
+    {"policy_loss": "cispo", "loss_agg": "seq-mean-token-sum-norm", "overlong_buffer": 20},
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fsdp", "algorithm", "ranks"),
-    [(False, "grpo", 2), (True, "grpo", 2), (True, "ppo", 2), (True, "grpo", 1)],
-    ids=["replicas", "fsdp", "fsdp-ppo", "fsdp-1rank"],
+    ("fsdp", "algorithm", "ranks", "loss"),
+    [
+        (False, "grpo", 2, {}),
+        (True, "grpo", 2, {}),
+        (True, "ppo", 2, {}),
+        (True, "grpo", 1, {}),
+        *((False, "grpo", 2, loss) for loss in LOSSES),
+    ],
+    ids=["replicas", "fsdp", "fsdp-ppo", "fsdp-1rank", "seq-sum", "gspo-seq-mean", "cispo-drgrpo"],
 )
 def test_gloo_ranks_match_one_process(
-    tiny_model_dir: Path, world: Path, tmp_path: Path, fsdp: bool, algorithm: str, ranks: int
+    tiny_model_dir: Path,
+    world: Path,
+    tmp_path: Path,
+    fsdp: bool,
+    algorithm: str,
+    ranks: int,
+    loss: dict[str, Any],
 ) -> None:
-    """torchrun with CPU ranks: the same metrics (losses, KL, entropy) as 1 process.
+    """torchrun with CPU ranks: the same metrics (losses, KL, entropy) as 1 process, in
+    every loss aggregation (token-mean, the default, in the first four).
 
     Greedy rollouts make the responses independent of how the batch is split; the
     entropy bonus and the KL loss give every step a gradient to check the sync with.
@@ -397,7 +418,7 @@ def test_gloo_ranks_match_one_process(
     )
     config = replace(
         config,
-        rl=replace(config.rl, entropy_coef=0.01),
+        rl=replace(config.rl, entropy_coef=0.01, **loss),
         rollout=replace(config.rollout, temperature=0.0),
         run=replace(config.run, total_steps=3, save_every=0, eval_every=3),
     )
@@ -431,12 +452,25 @@ def test_gloo_ranks_match_one_process(
     runs = {"one": metrics_of(one), "two": metrics_of(two)}
     assert [r["step"] for r in runs["two"]] == [1, 2, 3]
     for a, b in zip(runs["one"], runs["two"], strict=True):
-        for key in ("reward", "em", "searches", "turns", "response_length"):
+        for key in ("em", "searches", "turns", "response_length"):
             assert a[key] == b[key], key
-        for key in ("entropy", "kl", "kl_loss", "grad_norm", "pg_loss", "value_loss", "val/em"):
+        for key in (
+            "reward",
+            "entropy",
+            "kl",
+            "kl_loss",
+            "grad_norm",
+            "pg_loss",
+            "value_loss",
+            "val/em",
+        ):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
     assert runs["one"][1]["kl"] > 0  # the first update moved the policy away from the reference
+    if "overlong_buffer" in loss:
+        for a, b in zip(runs["one"], runs["two"], strict=True):
+            assert a["overlong/penalty"] == pytest.approx(b["overlong/penalty"])
+            assert a["overlong/penalized"] > 0
     if fsdp:
         from safetensors.torch import load_file
 

@@ -121,8 +121,51 @@ class RLConfig:
     )
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch"})
     reward: str = field(default="em", metadata={"help": "reward name: em, f1, format, ..."})
-    clip: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
-    dual_clip: float | None = field(default=None, metadata={"help": "dual-clip c (> 1) or off"})
+    overlong_buffer: int = field(
+        default=0,
+        metadata={
+            "help": "DAPO's overlong shaping: responses within this many tokens of the "
+            "longest the rollout allows lose reward linearly, up to overlong_penalty (0: off)"
+        },
+    )
+    overlong_penalty: float = field(
+        default=1.0, metadata={"help": "the reward a response at the length cap loses"}
+    )
+    policy_loss: str = field(
+        default="ppo",
+        metadata={
+            "help": "ppo (PPO-clip per token), gspo (one clipped ratio per sequence), "
+            "cispo (REINFORCE weighted by a clipped ratio)"
+        },
+    )
+    clip: float | None = field(
+        default=None,
+        metadata={"help": "lower ratio clip [default: the loss's: ppo 0.2, gspo 3e-4, cispo none]"},
+    )
+    clip_high: float | None = field(
+        default=None,
+        metadata={
+            "help": "upper ratio clip; above clip is DAPO's clip-higher [default: the loss's: "
+            "ppo = clip, gspo 4e-4, cispo 0.28]"
+        },
+    )
+    dual_clip: float | None = field(
+        default=None, metadata={"help": "dual-clip c (> 1) or off (ppo loss only)"}
+    )
+    loss_agg: str = field(
+        default="token-mean",
+        metadata={
+            "help": "how token losses add up: token-mean, seq-mean-token-sum, "
+            "seq-mean-token-mean, seq-mean-token-sum-norm (Dr. GRPO)"
+        },
+    )
+    loss_agg_norm: int | None = field(
+        default=None,
+        metadata={
+            "help": "seq-mean-token-sum-norm's fixed tokens per sequence [default: the "
+            "longest response the rollout allows]"
+        },
+    )
     value_clip: float = field(default=0.5, metadata={"help": "value loss clip (PPO)"})
     gamma: float = field(default=1.0, metadata={"help": "discount (PPO, REINFORCE++)"})
     lam: float = field(default=1.0, metadata={"help": "GAE lambda (PPO)"})
@@ -147,10 +190,27 @@ class RLConfig:
     def __post_init__(self) -> None:
         from searchr1.reward import REWARDS
         from searchr1.rl.algos import ADVANTAGES, KL_ESTIMATORS
+        from searchr1.rl.losses import LOSS_AGGS, POLICY_LOSSES
 
         _known("rl.algorithm", self.algorithm, ADVANTAGES)
         _known("rl.reward", self.reward, REWARDS)
         _known("rl.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _known("rl.policy_loss", self.policy_loss, POLICY_LOSSES)
+        _known("rl.loss_agg", self.loss_agg, LOSS_AGGS)
+        if (
+            self.dual_clip is not None
+            and "dual_clip" not in POLICY_LOSSES[self.policy_loss].options
+        ):
+            raise ValueError(f"rl.dual_clip applies to the ppo policy loss, not {self.policy_loss}")
+        clip, clip_high = self.clip_range
+        if not (0 < clip <= 1 and clip_high > 0):
+            raise ValueError(
+                f"rl.clip must be in (0, 1] and rl.clip_high > 0, got {clip}, {clip_high}"
+            )
+        if self.overlong_buffer < 0 or self.overlong_penalty < 0:
+            raise ValueError("rl.overlong_buffer and rl.overlong_penalty must be >= 0")
+        if self.loss_agg_norm is not None and self.loss_agg_norm < 1:
+            raise ValueError(f"rl.loss_agg_norm must be >= 1, got {self.loss_agg_norm}")
         for name in ("group_size", "batch_size", "micro_batch_size", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
@@ -162,6 +222,18 @@ class RLConfig:
             raise ValueError(f"rl.dual_clip must be > 1, got {self.dual_clip}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"rl.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """``(clip, clip_high)`` as the policy loss applies them: the config's, else the
+        loss's own (``clip_high`` falls back to ``clip`` where the loss has none)."""
+        from searchr1.rl.losses import POLICY_LOSSES
+
+        loss = POLICY_LOSSES[self.policy_loss]
+        clip = loss.clip if self.clip is None else self.clip
+        if self.clip_high is not None:
+            return clip, self.clip_high
+        return clip, clip if loss.clip_high is None or self.clip is not None else loss.clip_high
 
 
 @dataclass(frozen=True)

@@ -187,10 +187,17 @@ def train_cmd(
     OUTPUT_DIR/metrics.jsonl (and TensorBoard or wandb when installed); checkpoints
     to OUTPUT_DIR/checkpoints/step_N, each with a loadable model in actor/.
 
+    The advantage estimator is rl.algorithm (grpo, ppo, rloo, reinforce++); the
+    policy loss is rl.policy_loss (ppo, gspo, cispo), clipped by rl.clip and
+    rl.clip_high; token losses add up as rl.loss_agg says (token-mean,
+    seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm). See
+    configs/README.md; --print-config shows every field.
+
     \b
     Examples:
       searchr1 train --config configs/toy.yaml
       searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set run.total_steps=200
+      searchr1 train --config configs/toy.yaml --set rl.policy_loss=gspo
       searchr1 train --config configs/toy.yaml --resume
     """
     from searchr1.config import TrainConfig

@@ -1,4 +1,5 @@
-"""The RL math: masked statistics, advantages, KL estimators and PPO losses.
+"""The RL math: masked statistics, advantages and KL estimators (the losses are in
+:mod:`searchr1.rl.losses`).
 
 Small pure tensor functions in the style of verl's ``core_algos`` and torchtune's
 ``rlhf/loss``. Conventions, everywhere:
@@ -47,11 +48,9 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
-    "ppo_policy_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
     "token_logprobs",
-    "value_loss",
 ]
 
 #: ``fn(scores [B], group_ids [B], mask [B, T]) -> advantages [B, T]``.
@@ -407,98 +406,6 @@ def kl_penalty(
         return estimator(log_ratio)
     _check_same_shape(logprobs=logprobs, mask=mask)
     return _where(mask, estimator(_where(mask, log_ratio)))
-
-
-# --- losses -----------------------------------------------------------------------------
-
-
-def ppo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip: float = 0.2,
-    clip_high: float | None = None,
-    dual_clip: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO's clipped surrogate loss, token-mean over the batch.
-
-    ``logprobs`` (current policy, with gradient), ``old_logprobs`` (the policy that
-    sampled), ``advantages`` (constants: no gradient flows into them), ``mask``:
-    ``[B, T]``. With ``ratio = exp(logprobs -
-    old_logprobs)`` (log-ratio clamped to [-20, 20], as verl) the per-token loss is::
-
-        max(-A * ratio, -A * clamp(ratio, 1 - clip, 1 + clip_high))
-
-    (``clip_high`` defaults to ``clip``; a larger one is DAPO's clip-higher). With
-    ``dual_clip = c > 1`` (dual-clip PPO, verl's ``clip_ratio_c``) the loss of a token
-    with ``A < 0`` is further capped at ``-c * A``. The loss is the mean over masked-in
-    tokens of the whole batch (verl's "token-mean"); masked-out tokens contribute
-    nothing and get exactly zero gradient.
-
-    Returns ``(loss, stats)``: ``loss`` a 0-dim tensor; ``stats`` detached 0-dim
-    tensors — ``clip_frac`` (tokens where the clipped term was taken), ``approx_kl``
-    (mean of ``old_logprobs - logprobs``), ``dual_clip_frac`` (tokens capped by the
-    dual clip; 0 without it).
-    """
-    _check_same_shape(
-        logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask
-    )
-    if clip_high is None:
-        clip_high = clip
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
-    keep = mask.bool()
-    log_ratio = _where(keep, logprobs - old_logprobs).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-    adv = _where(keep, advantages.detach())
-    ratio = torch.exp(log_ratio)
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip, 1.0 + clip_high)
-    losses = torch.maximum(unclipped, clipped)
-    dual_frac = torch.zeros((), device=losses.device)
-    if dual_clip is not None:
-        cap = -adv * dual_clip
-        capped = (adv < 0) & (losses > cap)
-        losses = torch.where(capped, cap, losses)
-        dual_frac = masked_mean(capped.float(), keep)
-    loss = masked_mean(losses, keep)
-    stats = {
-        "clip_frac": masked_mean((clipped > unclipped).float(), keep).detach(),
-        "approx_kl": masked_mean(-log_ratio, keep).detach(),
-        "dual_clip_frac": dual_frac.detach(),
-    }
-    return loss, stats
-
-
-def value_loss(
-    values: Tensor,
-    old_values: Tensor,
-    returns: Tensor,
-    mask: Tensor,
-    clip: float | None = 0.5,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO's clipped value loss (verl's): ``0.5 * max((v - R)^2, (v_clip - R)^2)``.
-
-    ``values`` (current critic, with gradient), ``old_values`` (the critic at rollout),
-    ``returns`` (targets, e.g. from :func:`gae_advantages`), ``mask``: ``[B, T]``.
-    ``v_clip = old + clamp(v - old, -clip, clip)``; ``clip=None`` gives the plain
-    ``0.5 * (v - R)^2``. Token-mean over masked-in tokens; masked-out tokens get zero
-    gradient. Returns ``(loss, stats)`` with ``stats["clip_frac"]``: the fraction of
-    tokens where the clipped error was the larger (detached, 0-dim).
-    """
-    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
-    keep = mask.bool()
-    v = _where(keep, values)
-    target = _where(keep, returns.detach())
-    errors = (v - target) ** 2
-    if clip is None:
-        return 0.5 * masked_mean(errors, keep), {"clip_frac": torch.zeros((), device=v.device)}
-    old = _where(keep, old_values.detach())
-    v_clipped = torch.maximum(torch.minimum(v, old + clip), old - clip)
-    errors_clipped = (v_clipped - target) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(errors, errors_clipped), keep)
-    clip_frac = masked_mean((errors_clipped > errors).float(), keep).detach()
-    return loss, {"clip_frac": clip_frac}
 
 
 # --- from logits ------------------------------------------------------------------------

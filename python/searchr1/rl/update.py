@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from searchr1.rl.algos import kl_penalty, masked_mean, ppo_policy_loss, value_loss
+from searchr1.rl.algos import kl_penalty
+from searchr1.rl.losses import LossScale, agg_loss, policy_loss, value_loss
 from searchr1.rl.modeling import response_logprobs, response_values
 
 if TYPE_CHECKING:
@@ -39,10 +40,15 @@ def micro_batches(
 def ppo_update(t: Trainer, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
     """``rl.ppo_epochs`` passes over ``batch`` (this rank's rows, with advantages): one
     optimizer step per mini-batch of ``rl.mini_batch_size`` prompts' groups (all ranks'
-    rows together), each the sum of its micro-batches' losses weighted by their share of
-    the mini-batch's sampled tokens over every rank, so the step equals the one-process
-    step. Returns the means of the losses and statistics over the optimizer steps."""
+    rows together), each the sum of its micro-batches' losses, aggregated as
+    ``rl.loss_agg`` says over the counts of the whole mini-batch on every rank
+    (:class:`LossScale`), so the step equals the one-process step. Returns the means of
+    the losses and statistics over the optimizer steps."""
     rl = t.config.rl
+    loss_fn = policy_loss(rl.policy_loss)
+    clip, clip_high = rl.clip_range
+    options = {name: getattr(rl, name) for name in loss_fn.options}
+    norm = rl.loss_agg_norm or t.config.rollout.max_sampled_tokens
     n = batch["input_ids"].shape[0]
     mini = (rl.mini_batch_size * rl.group_size) // t.dist.world or n
     sums: dict[str, float] = defaultdict(float)
@@ -55,41 +61,52 @@ def ppo_update(t: Trainer, batch: dict[str, torch.Tensor], step: int) -> dict[st
         order = torch.randperm(n, generator=generator).to(t.device)
         for start in range(0, n, mini):
             rows = order[start : start + mini]
-            # Each micro-batch weighs its share of the tokens of all ranks' mini-batch.
-            tokens = t.dist.sum_(batch["mask"][rows].sum()).clamp(min=1)
+            # Every micro-batch divides by the counts of all ranks' mini-batch.
+            mask = batch["mask"][rows].bool()
+            scale = LossScale(
+                tokens=float(t.dist.sum_(mask.sum())),
+                seqs=float(t.dist.sum_(mask.any(dim=-1).sum())),
+                norm=float(norm),
+            )
             t.actor_opt.zero_grad(set_to_none=True)
             if t.critic_opt is not None:
                 t.critic_opt.zero_grad(set_to_none=True)
             for micro in micro_batches(batch, rows, rl.micro_batch_size):
-                weight = micro["mask"].sum() / tokens
+                # Token-mean statistics weigh their micro-batch's share of the tokens.
+                weight = float(micro["mask"].sum()) / max(scale.tokens, 1.0)
                 with t._autocast():
                     logprobs, entropy = response_logprobs(
                         t.actor, micro, t.config.rollout.temperature, with_entropy=True
                     )
                 logprobs = logprobs.float()
-                pg_loss, pg_stats = ppo_policy_loss(
+                pg_loss, pg_stats = loss_fn.fn(
                     logprobs,
                     micro["old_logprobs"],
                     micro["advantages"],
                     micro["mask"],
-                    clip=rl.clip,
-                    dual_clip=rl.dual_clip,
+                    clip=clip,
+                    clip_high=clip_high,
+                    loss_agg=rl.loss_agg,
+                    scale=scale,
+                    **options,
                 )
                 assert entropy is not None
-                ent = masked_mean(entropy.float(), micro["mask"])
+                ent = agg_loss(entropy.float(), micro["mask"], rl.loss_agg, scale)
                 loss = pg_loss - rl.entropy_coef * ent
                 if "ref_logprobs" in micro and not rl.kl_in_reward:
-                    kl = masked_mean(
+                    kl = agg_loss(
                         kl_penalty(logprobs, micro["ref_logprobs"], rl.kl_estimator),
                         micro["mask"],
+                        rl.loss_agg,
+                        scale,
                     )
                     loss = loss + rl.kl_coef * kl
-                    sums["kl_loss"] += _scalar(kl) * _scalar(weight)
-                _backward(loss * weight)
-                sums["pg_loss"] += _scalar(pg_loss) * _scalar(weight)
-                sums["entropy"] += _scalar(ent) * _scalar(weight)
+                    sums["kl_loss"] += _scalar(kl)
+                _backward(loss)
+                sums["pg_loss"] += _scalar(pg_loss)
+                sums["entropy"] += _scalar(ent)
                 for key, value in pg_stats.items():
-                    sums[key] += _scalar(value) * _scalar(weight)
+                    sums[key] += _scalar(value) * weight
                 if t.critic is not None:
                     with t._autocast():
                         values = response_values(t.critic, micro)
@@ -101,7 +118,7 @@ def ppo_update(t: Trainer, batch: dict[str, torch.Tensor], step: int) -> dict[st
                         rl.value_clip,
                     )
                     _backward(v_loss * weight)
-                    sums["value_loss"] += _scalar(v_loss) * _scalar(weight)
+                    sums["value_loss"] += _scalar(v_loss) * weight
             if not t.fsdp:  # FSDP has reduce-scattered (summed) them already
                 t.dist.sum_grads(t.actor.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(t.actor.parameters(), rl.max_grad_norm)

@@ -71,6 +71,11 @@ class RolloutConfig:
         if self.max_turns < 0:
             raise ValueError(f"max_turns must be >= 0, got {self.max_turns}")
 
+    @property
+    def max_sampled_tokens(self) -> int:
+        """The most tokens a trajectory's model turns can hold together."""
+        return min((self.max_turns + 1) * self.max_response_length, self.max_length)
+
     def sampling(self, max_tokens: int, turn: int) -> SamplingConfig:
         """The engine settings of one turn."""
         return SamplingConfig(
