@@ -422,3 +422,19 @@ def test_unknown_reward_lists_the_known_ones() -> None:
     message = str(info.value)
     assert "'nope'" in message
     assert "em, f1, format" in message
+
+
+def test_overlong_penalty_by_hand() -> None:
+    from searchr1.reward import overlong_penalty
+
+    # cap 100, buffer 20: free up to 80 tokens, then -1/20 per token, -1 from 100 on.
+    assert [overlong_penalty(n, 100, 20) for n in (0, 80, 81, 90, 100, 150)] == [
+        0.0,
+        0.0,
+        -0.05,
+        -0.5,
+        -1.0,
+        -1.0,
+    ]
+    assert overlong_penalty(90, 100, 20, penalty=0.5) == -0.25
+    assert overlong_penalty(100, 100, 0) == 0.0  # off

@@ -43,6 +43,7 @@ __all__ = [
     "is_retrieval_correct",
     "is_valid_sequence",
     "normalize_answer",
+    "overlong_penalty",
     "register_reward",
 ]
 
@@ -297,3 +298,15 @@ def format_reward(
         retrieved = is_retrieval_correct(response, golden_answers)
         return structure_format_score + (retrieval_score if retrieved else 0.0)
     return final_format_score if answer is not None else 0.0
+
+
+def overlong_penalty(length: int, cap: int, buffer: int, penalty: float = 1.0) -> float:
+    """DAPO's soft overlong punishment, added to a response's reward.
+
+    ``length``: the tokens the model sampled in the response; ``cap``: the most it may
+    sample. Nothing up to ``cap - buffer`` tokens, then a penalty growing linearly to
+    ``-penalty`` at ``cap`` (and ``-penalty`` beyond); ``buffer`` 0: no penalty.
+    """
+    if buffer <= 0 or length <= cap - buffer:
+        return 0.0
+    return -penalty * min(length - (cap - buffer), buffer) / buffer

@@ -38,7 +38,7 @@ from searchr1.evaluate import summarize
 from searchr1.hub import local_model
 from searchr1.packing import pack
 from searchr1.retrieval.backend import open_backend
-from searchr1.reward import exact_match, get_reward
+from searchr1.reward import exact_match, get_reward, overlong_penalty
 from searchr1.rl import fsdp
 from searchr1.rl.algos import (
     AdvantageInputs,
@@ -91,6 +91,8 @@ class _Turn:
     result: RolloutResult
     scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     em: list[float] = field(default_factory=list)
+    #: What reward shaping did, for the log (means over this rank's trajectories).
+    shaping: dict[str, float] = field(default_factory=dict)
     kl_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(2))
 
 
@@ -262,11 +264,24 @@ class Trainer:
         return _Turn(examples, torch.from_numpy(groups).to(self.device), mine, result)
 
     def _score(self, turn: _Turn) -> None:
-        """The configured reward of each response, and its exact match (logged)."""
+        """The configured reward of each response (with DAPO's overlong penalty when
+        ``rl.overlong_buffer`` is set), and its exact match (logged)."""
+        rl = self.config.rl
         pairs = list(zip(turn.result.responses, turn.examples, strict=True))
-        turn.scores = torch.tensor(
-            [self.reward_fn(r, e.golden_answers) for r, e in pairs], dtype=torch.float32
-        )
+        scores = [self.reward_fn(r, e.golden_answers) for r, e in pairs]
+        if rl.overlong_buffer:
+            cap = self.config.rollout.max_sampled_tokens
+            sampled = turn.result.batch.loss_mask.sum(axis=1)
+            penalties = [
+                overlong_penalty(int(n), cap, rl.overlong_buffer, rl.overlong_penalty)
+                for n in sampled
+            ]
+            scores = [s + p for s, p in zip(scores, penalties, strict=True)]
+            turn.shaping = {
+                "overlong/penalized": float(np.mean([p < 0 for p in penalties])),
+                "overlong/penalty": float(np.mean(penalties)),
+            }
+        turn.scores = torch.tensor(scores, dtype=torch.float32)
         turn.em = [exact_match(r, e.golden_answers) for r, e in pairs]
 
     def _forward_passes(self, turn: _Turn) -> dict[str, torch.Tensor]:
@@ -344,11 +359,12 @@ class Trainer:
                 **turn.result.metrics(),
                 "reward": float(turn.scores.mean()),
                 "em": float(np.mean(turn.em)),
+                **turn.shaping,
             }
         )
         kl_sum, kl_tokens_n = self.dist.sum_(turn.kl_sums).tolist()
         keys = ["reward", "em", "searches", "turns", "valid_actions", "finished"]
-        keys += ["search_failures", "response_length"]
+        keys += ["search_failures", "response_length", *turn.shaping]
         return {
             "step": float(self.step_no),
             **{k: rollout[k] for k in keys},
