@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_bm25 import corpus_and_queries
-from bench_server import Load, _load, _start, free_port, read_head, request_bodies
+from bench_server import Load, _load, _start, free_port, read_head, request_bodies, stop
 from common import machine, report
 
 HERE = Path(__file__).parent
@@ -156,12 +155,7 @@ def run_side(
         out, _ = attacker.communicate(timeout=args.seconds * 3 + 120)
         attacks = json.loads(out)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     for phase, load in (("quiet", quiet), ("hostile", hostile)):
         print(f"  {name:<10} {phase:<8} {_line(load)}", file=sys.stderr)
     print(f"  {name:<10} attackers got: {attacks}", file=sys.stderr)

@@ -195,6 +195,16 @@ def _start(cmd: list[str], port: int, threads: int, log: Path) -> subprocess.Pop
             time.sleep(0.1)
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stops a server: SIGTERM, then a kill if it has not exited in 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_side(
     name: str,
     cmd: list[str],
@@ -211,12 +221,7 @@ def run_side(
         asyncio.run(_load(port, bodies[:4], 2, 2, 60))  # warm up: page cache, thread pools
         load = asyncio.run(_load(port, bodies, args.clients, args.requests, args.seconds))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     if load.errors:
         raise RuntimeError(f"{name}: {load.errors} requests failed; see {log_dir / name}.log")
     print(
