@@ -175,6 +175,48 @@ def test_the_trainer_drives_any_engine_through_the_protocol(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rounds", [1, 0])
+def test_dynamic_sampling_keeps_groups_whose_rewards_differ(
+    tiny_model_dir: Path, world: Path, tmp_path: Path, rounds: int
+) -> None:
+    """DAPO's dynamic sampling with a scripted reward: in the first round group A's
+    rewards are equal (dropped) and B's differ; in the second, C's differ. With a second
+    round the batch is B and C; without, it is B filled up with A."""
+    from searchr1.rl.trainer import Trainer
+
+    config = small_config(tiny_model_dir, world, tmp_path, algorithm="grpo")
+    config = replace(
+        config,
+        rl=replace(config.rl, dynamic_sampling=True, dynamic_sampling_rounds=rounds),
+    )
+    trainer = Trainer(config)
+    script = iter([0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # A A B B | C C D D
+    trainer.reward_fn = lambda response, golden: next(script)
+    asked = [trainer.train_data[i].question for i in trainer.stream.take(4)]
+    trainer.stream = type(trainer.stream)(trainer.stream.size, trainer.stream.seed)
+    seen: list[Any] = []
+    advantages = trainer._advantages
+
+    def record(turn: Any, batch: Any) -> None:
+        seen.append(turn)
+        advantages(turn, batch)
+
+    trainer._advantages = record  # type: ignore[method-assign]
+    metrics = trainer.step()
+    (turn,) = seen
+    questions = [e.question for e in turn.examples]
+    a, b, c = asked[0], asked[1], asked[2]
+    if rounds:
+        assert questions == [b, b, c, c] and turn.rewards == [0.0, 1.0, 1.0, 0.0]
+        assert (metrics["dapo/rounds"], metrics["dapo/filled"]) == (2.0, 0.0)
+    else:
+        assert questions == [b, b, a, a] and turn.rewards == [0.0, 1.0, 0.0, 0.0]
+        assert (metrics["dapo/rounds"], metrics["dapo/filled"]) == (1.0, 0.5)
+    assert metrics["dapo/informative"] == 0.5
+    assert turn.groups.tolist() == [0, 0, 1, 1]  # renumbered: one id per kept group
+
+
+@pytest.mark.slow
 def test_injected_tokens_contribute_no_gradient(
     tiny_model_dir: Path, world: Path, tmp_path: Path
 ) -> None:
@@ -369,11 +411,13 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
         assert shown == [(row["step"], pytest.approx(row["reward"])) for row in resumed]
 
 
-LOSSES = [
+VARIANTS = [
     {"loss_agg": "seq-mean-token-sum"},
     {"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean"},
     # with DAPO's overlong shaping: 12 tokens a turn, 2 turns; the last 20 cost reward
     {"policy_loss": "cispo", "loss_agg": "seq-mean-token-sum-norm", "overlong_buffer": 20},
+    # greedy rollouts give a group equal rewards: every round drops all, the batch is filled
+    {"dynamic_sampling": True, "dynamic_sampling_rounds": 1},
 ]
 
 
@@ -385,9 +429,12 @@ LOSSES = [
         (True, "grpo", 2, {}),
         (True, "ppo", 2, {}),
         (True, "grpo", 1, {}),
-        *((False, "grpo", 2, loss) for loss in LOSSES),
+        *((False, "grpo", 2, variant) for variant in VARIANTS),
     ],
-    ids=["replicas", "fsdp", "fsdp-ppo", "fsdp-1rank", "seq-sum", "gspo-seq-mean", "cispo-drgrpo"],
+    ids=[
+        *("replicas", "fsdp", "fsdp-ppo", "fsdp-1rank"),
+        *("seq-sum", "gspo-seq-mean", "cispo-drgrpo", "dapo-sampling"),
+    ],
 )
 def test_gloo_ranks_match_one_process(
     tiny_model_dir: Path,
@@ -467,6 +514,8 @@ def test_gloo_ranks_match_one_process(
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
     assert runs["one"][1]["kl"] > 0  # the first update moved the policy away from the reference
+    if loss.get("dynamic_sampling"):
+        assert all(r["dapo/filled"] == 1.0 and r["dapo/rounds"] == 2.0 for r in runs["two"])
     if "overlong_buffer" in loss:
         for a, b in zip(runs["one"], runs["two"], strict=True):
             assert a["overlong/penalty"] == pytest.approx(b["overlong/penalty"])

@@ -131,6 +131,16 @@ class RLConfig:
     overlong_penalty: float = field(
         default=1.0, metadata={"help": "the reward a response at the length cap loses"}
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling: drop groups whose rewards are all equal and "
+            "roll out more questions until batch_size groups differ"
+        },
+    )
+    dynamic_sampling_rounds: int = field(
+        default=3, metadata={"help": "extra rollout rounds a step may take to fill its batch"}
+    )
     policy_loss: str = field(
         default="ppo",
         metadata={
@@ -207,6 +217,8 @@ class RLConfig:
             raise ValueError(
                 f"rl.clip must be in (0, 1] and rl.clip_high > 0, got {clip}, {clip_high}"
             )
+        if self.dynamic_sampling_rounds < 0:
+            raise ValueError("rl.dynamic_sampling_rounds must be >= 0")
         if self.overlong_buffer < 0 or self.overlong_penalty < 0:
             raise ValueError("rl.overlong_buffer and rl.overlong_penalty must be >= 0")
         if self.loss_agg_norm is not None and self.loss_agg_norm < 1:

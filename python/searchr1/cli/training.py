@@ -190,8 +190,9 @@ def train_cmd(
     The advantage estimator is rl.algorithm (grpo, ppo, rloo, reinforce++); the
     policy loss is rl.policy_loss (ppo, gspo, cispo), clipped by rl.clip and
     rl.clip_high; token losses add up as rl.loss_agg says (token-mean,
-    seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm). See
-    configs/README.md; --print-config shows every field.
+    seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm); DAPO's
+    dynamic sampling and overlong shaping are rl.dynamic_sampling and
+    rl.overlong_buffer. See configs/README.md; --print-config shows every field.
 
     \b
     Examples:

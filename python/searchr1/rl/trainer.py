@@ -36,7 +36,7 @@ from searchr1.config import TrainConfig
 from searchr1.data import load_qa
 from searchr1.evaluate import summarize
 from searchr1.hub import local_model
-from searchr1.packing import pack
+from searchr1.packing import Trajectory, pack
 from searchr1.retrieval.backend import open_backend
 from searchr1.reward import exact_match, get_reward, overlong_penalty
 from searchr1.rl import fsdp
@@ -53,6 +53,7 @@ from searchr1.rl.modeling import ValueModel, response_logprobs, response_values
 from searchr1.rl.update import micro_batches, ppo_update
 from searchr1.rollout import RolloutResult, run_rollouts, tokenize_prompts
 from searchr1.rollout.engines import EngineOptions, engine_kind
+from searchr1.rollout.loop import TrajectoryStats
 
 __all__ = ["DataStream", "Trainer", "train"]
 
@@ -90,10 +91,41 @@ class _Turn:
     mine: slice
     result: RolloutResult
     scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    #: The reward of each response before shaping, and its exact match.
+    rewards: list[float] = field(default_factory=list)
     em: list[float] = field(default_factory=list)
-    #: What reward shaping did, for the log (means over this rank's trajectories).
-    shaping: dict[str, float] = field(default_factory=dict)
+    #: DAPO's overlong penalty of each response (when ``rl.overlong_buffer`` is set).
+    penalties: list[float] | None = None
+    #: What dynamic sampling did, for the log.
+    sampling: dict[str, float] = field(default_factory=dict)
     kl_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(2))
+
+
+@dataclass
+class _Row:
+    """One trajectory of a turn with all that is known of it, as dynamic sampling moves
+    rows between rounds and ranks."""
+
+    group: int
+    example: Any
+    trajectory: Trajectory
+    stats: TrajectoryStats
+    response: str
+    transcript: str
+    score: float
+    reward: float
+    em: float
+    penalty: float | None
+
+
+def _shaping(penalties: list[float] | None) -> dict[str, float]:
+    """What the overlong shaping did, for the log (empty when it is off)."""
+    if penalties is None:
+        return {}
+    return {
+        "overlong/penalized": float(np.mean([p < 0 for p in penalties])),
+        "overlong/penalty": float(np.mean(penalties)),
+    }
 
 
 @contextmanager
@@ -230,8 +262,10 @@ class Trainer:
         timings: dict[str, float] = {}
         with _timed(timings, "time/rollout"):
             turn = self._rollout()
+            self._score(turn)
+            if self.config.rl.dynamic_sampling:
+                turn = self._keep_informative(turn)
         timings["time/retrieval"] = turn.result.search_seconds
-        self._score(turn)
         with _timed(timings, "time/forward_old"):
             batch = self._forward_passes(turn)
         self._advantages(turn, batch)
@@ -245,10 +279,11 @@ class Trainer:
         self.step_no += 1
         return self._metrics(turn, stats, {**timings, "time/step": time.perf_counter() - started})
 
-    def _rollout(self) -> _Turn:
+    def _rollout(self, round_no: int = 0) -> _Turn:
         """The next ``batch_size`` questions, each asked ``group_size`` times (group ids
         unique over the run), rolled out with search. With several ranks, each takes its
-        share (whole groups) of the same batch."""
+        share (whole groups) of the same batch. ``round_no``: the extra rounds of dynamic
+        sampling in this step sample with seeds of their own."""
         cfg, rl, step = self.config, self.config.rl, self.step_no
         picked = self.stream.take(rl.batch_size)
         everyone = [self.train_data[i] for i in picked for _ in range(rl.group_size)]
@@ -257,7 +292,8 @@ class Trainer:
         examples = everyone[mine]
         self.actor.eval()
         prompts = tokenize_prompts(self.tokenizer, [e.question for e in examples])
-        rollout_cfg = replace(cfg.rollout, seed=cfg.run.seed * 1_000_003 + step)
+        seed = cfg.run.seed * 1_000_003 + step + round_no * 7_919_000
+        rollout_cfg = replace(cfg.rollout, seed=seed)
         self.engine.wake()
         result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg)
         self.engine.sleep()  # the trainer's turn: the engine frees what it can
@@ -268,21 +304,103 @@ class Trainer:
         ``rl.overlong_buffer`` is set), and its exact match (logged)."""
         rl = self.config.rl
         pairs = list(zip(turn.result.responses, turn.examples, strict=True))
-        scores = [self.reward_fn(r, e.golden_answers) for r, e in pairs]
+        turn.rewards = [self.reward_fn(r, e.golden_answers) for r, e in pairs]
+        scores = turn.rewards
         if rl.overlong_buffer:
             cap = self.config.rollout.max_sampled_tokens
             sampled = turn.result.batch.loss_mask.sum(axis=1)
-            penalties = [
+            turn.penalties = [
                 overlong_penalty(int(n), cap, rl.overlong_buffer, rl.overlong_penalty)
                 for n in sampled
             ]
-            scores = [s + p for s, p in zip(scores, penalties, strict=True)]
-            turn.shaping = {
-                "overlong/penalized": float(np.mean([p < 0 for p in penalties])),
-                "overlong/penalty": float(np.mean(penalties)),
-            }
+            scores = [s + p for s, p in zip(scores, turn.penalties, strict=True)]
         turn.scores = torch.tensor(scores, dtype=torch.float32)
         turn.em = [exact_match(r, e.golden_answers) for r, e in pairs]
+
+    def _keep_informative(self, turn: _Turn) -> _Turn:
+        """DAPO's dynamic sampling: the groups whose rewards (before shaping) are all
+        equal have no advantage to learn from, so they are dropped and more questions are
+        rolled out, up to ``rl.dynamic_sampling_rounds`` more rounds, until ``batch_size``
+        groups differ. Should the rounds run out first, the batch is filled with dropped
+        groups (which move nothing under GRPO and RLOO). The rows are then shared out
+        over the ranks again, whole groups each."""
+        rl = self.config.rl
+        informative: list[list[_Row]] = []
+        flat: list[list[_Row]] = []
+        generate = search = 0.0
+        first_share = 0.0
+        rounds = 0
+        for round_no in range(rl.dynamic_sampling_rounds + 1):
+            if round_no:
+                turn = self._rollout(round_no)
+                self._score(turn)
+            rounds += 1
+            generate += turn.result.generate_seconds
+            search += turn.result.search_seconds
+            groups = self._groups_everywhere(turn)
+            differ = [g for g in groups if len({row.reward for row in g}) > 1]
+            if round_no == 0:
+                first_share = len(differ) / max(len(groups), 1)
+            informative += differ
+            flat += [g for g in groups if len({row.reward for row in g}) == 1]
+            if len(informative) >= rl.batch_size:
+                break
+        chosen = (informative + flat)[: rl.batch_size]
+        base = self.step_no * rl.batch_size
+        rows = [replace(row, group=base + i) for i, g in enumerate(chosen) for row in g]
+        mine = self.dist.shard(len(rows))
+        own = rows[mine]
+        pad = self.tokenizer.pad_token_id
+        trajectories = [row.trajectory for row in own]
+        result = RolloutResult(
+            batch=pack(trajectories, pad_id=int(pad if pad is not None else 0)),
+            trajectories=trajectories,
+            stats=[row.stats for row in own],
+            responses=[row.response for row in own],
+            transcripts=[row.transcript for row in own],
+            generate_seconds=generate,
+            search_seconds=search,
+        )
+        groups_ids = torch.tensor([row.group for row in rows], device=self.device)
+        out = _Turn([row.example for row in own], groups_ids, mine, result)
+        out.scores = torch.tensor([row.score for row in own], dtype=torch.float32)
+        out.rewards = [row.reward for row in own]
+        out.em = [row.em for row in own]
+        if turn.penalties is not None:
+            out.penalties = [row.penalty or 0.0 for row in own]
+        out.sampling = {
+            "dapo/informative": first_share,
+            "dapo/rounds": float(rounds),
+            "dapo/filled": max(rl.batch_size - len(informative), 0) / rl.batch_size,
+        }
+        return out
+
+    def _groups_everywhere(self, turn: _Turn) -> list[list[_Row]]:
+        """Every rank's rows of ``turn``, grouped, in batch order."""
+        result = turn.result
+        ids = turn.groups[turn.mine].tolist()
+        penalties: list[float | None] = [*turn.penalties] if turn.penalties else [None] * len(ids)
+        mine = [
+            _Row(*fields)
+            for fields in zip(
+                ids,
+                turn.examples,
+                result.trajectories,
+                result.stats,
+                result.responses,
+                result.transcripts,
+                turn.scores.tolist(),
+                turn.rewards,
+                turn.em,
+                penalties,
+                strict=True,
+            )
+        ]
+        grouped: dict[int, list[_Row]] = {}
+        for part in self.dist.gather_objects(mine):
+            for row in part:
+                grouped.setdefault(row.group, []).append(row)
+        return list(grouped.values())
 
     def _forward_passes(self, turn: _Turn) -> dict[str, torch.Tensor]:
         """The batch tensors, with the old log-probs (actor), the reference's and the
@@ -359,17 +477,18 @@ class Trainer:
                 **turn.result.metrics(),
                 "reward": float(turn.scores.mean()),
                 "em": float(np.mean(turn.em)),
-                **turn.shaping,
+                **_shaping(turn.penalties),
             }
         )
         kl_sum, kl_tokens_n = self.dist.sum_(turn.kl_sums).tolist()
         keys = ["reward", "em", "searches", "turns", "valid_actions", "finished"]
-        keys += ["search_failures", "response_length", *turn.shaping]
+        keys += ["search_failures", "response_length", *_shaping(turn.penalties)]
         return {
             "step": float(self.step_no),
             **{k: rollout[k] for k in keys},
             "kl": kl_sum / max(kl_tokens_n, 1.0),
             "lr": float(self.actor_sched.get_last_lr()[0]),
+            **turn.sampling,
             **stats,
             **timings,
         }
