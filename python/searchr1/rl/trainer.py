@@ -5,11 +5,13 @@
 1. take the next ``batch_size`` questions; each is asked ``group_size`` times, with a
    group id unique over the whole run;
 2. roll out every trajectory with search (:func:`searchr1.rollout.run_rollouts`);
-3. score each response with the configured reward;
+3. score each response with the configured reward (and DAPO's overlong penalty); with
+   dynamic sampling, drop the groups whose rewards are all equal and roll out more;
 4. recompute the old log-probs with the actor, the reference's, and (PPO) the values;
 5. advantages: GRPO/RLOO from the group's scores, GAE with the critic, or REINFORCE++;
-6. PPO-clip updates over mini-batches, accumulating micro-batches, on the loss-mask
-   tokens only (with ``state_masking`` off, retrieved tokens get loss too);
+6. updates with the policy loss (PPO-clip, GSPO or CISPO) over mini-batches,
+   accumulating micro-batches, on the loss-mask tokens only (with ``state_masking``
+   off, retrieved tokens get loss too);
 7. hand the new weights to the engine (unless it generates from the actor itself),
    log the metrics, checkpoint.
 
