@@ -31,9 +31,13 @@ FACTS = [
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+def make_world(root: Path) -> Path:
+    """Four towns and their founders in ``root``: a corpus, its index, the questions."""
     from searchr1 import Retriever
 
-    root = tmp_path_factory.mktemp("world")
     corpus = root / "corpus.jsonl"
     with corpus.open("w") as f:
         for i, (town, founder) in enumerate(FACTS):
@@ -368,9 +372,18 @@ def metrics_of(out: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
+def test_a_killed_run_resumes_exactly(
+    tiny_model_dir: Path, world: Path, tmp_path: Path, lora_rank: int
+) -> None:
+    """A run killed after its second checkpoint and resumed logs what an uninterrupted
+    run logs; with LoRA the checkpoints hold only the adapters (and their optimizer)."""
     config = small_config(tiny_model_dir, world, tmp_path / "x", algorithm="ppo", group_size=1)
-    config = replace(config, run=replace(config.run, total_steps=5, save_every=1, eval_every=2))
+    config = replace(
+        config,
+        model=replace(config.model, lora_rank=lora_rank),
+        run=replace(config.run, total_steps=5, save_every=1, eval_every=2),
+    )
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
 
@@ -394,6 +407,8 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir: Path, world: Path, tmp_pat
     assert proc.returncode == 0, out.decode()
     resumed, uninterrupted = metrics_of(killed), metrics_of(whole)
     assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5]
+    actor = killed / "checkpoints" / "step_000005" / "actor"
+    assert (actor / "adapter_config.json").exists() == bool(lora_rank)
     # Discrete outcomes (rewards, searches, lengths) are equal; floats agree to 1e-5: CPU
     # BLAS kernels are not bit-reproducible from one process to the next.
     for got, want in zip(resumed, uninterrupted, strict=True):

@@ -56,10 +56,22 @@ class ModelConfig:
         },
     )
 
+    lora_rank: int = field(
+        default=0, metadata={"help": "rank of LoRA adapters on the actor (0: train every weight)"}
+    )
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (alpha)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_targets: str = field(
+        default="all-linear",
+        metadata={"help": "modules with adapters: all-linear, or names (q_proj,v_proj)"},
+    )
+
     def __post_init__(self) -> None:
         from searchr1.rollout.engines import ENGINES
 
         _known("model.engine", self.engine, ENGINES)
+        if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("model.lora_rank must be >= 0 and model.lora_dropout in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from searchr1.rl import fsdp
+from searchr1.rl.lora import is_lora, load_adapters
 from searchr1.rl.modeling import ValueModel
 
 if TYPE_CHECKING:
@@ -163,9 +164,11 @@ def why_incomplete(path: Path) -> str | None:
     match = _STEP.fullmatch(path.name)
     if match is None or meta.get("step") != int(match[1]):
         return f"whose {MARKER} is for step {meta.get('step')}, not {path.name}"
-    for name in ("state.pt", "actor/config.json"):
-        if name not in files:
-            return f"whose {MARKER} does not list {name}"
+    if "state.pt" not in files:
+        return f"whose {MARKER} does not list state.pt"
+    # The actor: a model directory, or (LoRA) the adapters, which name their base model.
+    if "actor/config.json" not in files and "actor/adapter_config.json" not in files:
+        return f"whose {MARKER} lists no actor/config.json (nor adapter_config.json)"
     for name, size in files.items():
         try:
             found = (path / name).stat().st_size
@@ -365,26 +368,15 @@ def save_trainer(t: Trainer) -> Path:
 
 def load_trainer(t: Trainer, path: Path) -> None:
     """Restores a checkpoint written by :meth:`save` (refusing one that is not whole)."""
-    from safetensors.torch import load_file
-
     reason = why_incomplete(path)
     if reason is not None:
         raise ValueError(f"{path} is not a whole checkpoint, {reason}")
     # The state first: a refused file leaves the trainer untouched.
     state = load_state(path, map_location=t.device)
-    weights: dict[str, torch.Tensor] = {}
-    for shard in sorted((path / "actor").glob("*.safetensors")):
-        weights.update(load_file(str(shard), device=str(t.device)))
-    expected = set(t.rollout_model.state_dict())
-    tied = getattr(t.rollout_model.config, "tie_word_embeddings", False)
-    embed = weights.get("model.embed_tokens.weight")
-    if tied and "lm_head.weight" in expected - set(weights) and embed is not None:
-        weights["lm_head.weight"] = embed  # a tied head is saved once, as the embedding
-    missing = sorted(expected - set(weights))
-    unexpected = sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not fit the model ({missing or unexpected})")
-    _load_weights(t, t.actor, weights)
+    if is_lora(t.actor):
+        load_adapters(t.actor, path / "actor", t.device)
+    else:
+        _load_actor(t, path / "actor")
     if t.critic is not None:
         loaded = ValueModel.from_pretrained(path / "critic").to(t.device)
         _load_weights(t, t.critic, loaded.state_dict())
@@ -400,6 +392,27 @@ def load_trainer(t: Trainer, path: Path) -> None:
     # Rank 0's next save may rename this checkpoint (tidying up after a crash): every
     # rank reads it first.
     t.dist.barrier()
+
+
+def _load_actor(t: Trainer, directory: Path) -> None:
+    """Loads the full weights of a checkpoint's ``actor/`` into the actor."""
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(str(shard), device=str(t.device)))
+    expected = set(t.rollout_model.state_dict())
+    tied = getattr(t.rollout_model.config, "tie_word_embeddings", False)
+    embed = weights.get("model.embed_tokens.weight")
+    if tied and "lm_head.weight" in expected - set(weights) and embed is not None:
+        weights["lm_head.weight"] = embed  # a tied head is saved once, as the embedding
+    missing = sorted(expected - set(weights))
+    unexpected = sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{directory}: checkpoint does not fit the model ({missing or unexpected})"
+        )
+    _load_weights(t, t.actor, weights)
 
 
 def _load_weights(t: Trainer, model: Any, weights: dict[str, torch.Tensor]) -> None:

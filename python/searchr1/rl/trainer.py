@@ -50,6 +50,7 @@ from searchr1.rl.algos import (
 )
 from searchr1.rl.checkpoint import latest_checkpoint, load_trainer, save_trainer
 from searchr1.rl.dist import Dist
+from searchr1.rl.lora import adapters_off, merged_weights, with_adapters
 from searchr1.rl.metrics_log import MetricsLog
 from searchr1.rl.modeling import ValueModel, response_logprobs, response_values
 from searchr1.rl.update import micro_batches, ppo_update
@@ -178,8 +179,17 @@ class Trainer:
         )
         if config.model.gradient_checkpointing:
             self.actor.gradient_checkpointing_enable()
+        self.lora = config.model.lora_rank > 0
+        if self.lora:
+            # Seeded: every rank, and a run and its resume, start from the same adapters.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.run.seed)
+                self.actor = with_adapters(self.actor, config.model)
+            if config.model.gradient_checkpointing:
+                self.actor.enable_input_require_grads()
+        # The reference: a frozen copy, or with LoRA the actor with its adapters off.
         self.ref = None
-        if rl.kl_coef > 0:
+        if rl.kl_coef > 0 and not self.lora:
             self.ref = copy.deepcopy(self.actor).eval().requires_grad_(False)
         self.critic: ValueModel | None = None
         if advantage_estimator(rl.algorithm).critic:
@@ -192,6 +202,10 @@ class Trainer:
             self.fsdp = self.dist.world > 1 and self.device.type == "cuda"
         else:  # asked for: also on one torchrun rank (the multi-GPU code path on one GPU)
             self.fsdp = wanted and self.dist.joined
+        if self.fsdp and self.lora:
+            raise ValueError(
+                "LoRA (model.lora_rank) trains on full replicas for now: set model.fsdp=false"
+            )
         kind = engine_kind(config.model.engine)
         # An engine that generates from a module in this process gets the actor itself,
         # or under FSDP a full copy that is synced after each update.
@@ -225,9 +239,8 @@ class Trainer:
         self.stream = DataStream(len(self.train_data), config.run.seed)
 
         # --- optimisation -----------------------------------------------------------------
-        self.actor_opt = torch.optim.AdamW(
-            self.actor.parameters(), lr=rl.actor_lr, weight_decay=rl.weight_decay
-        )
+        trained = [p for p in self.actor.parameters() if p.requires_grad]
+        self.actor_opt = torch.optim.AdamW(trained, lr=rl.actor_lr, weight_decay=rl.weight_decay)
         self.actor_sched = self._schedule(self.actor_opt)
         self.critic_opt = self.critic_sched = None
         if self.critic is not None:
@@ -427,6 +440,10 @@ class Trainer:
                 old.append(response_logprobs(self.actor, micro, cfg.rollout.temperature)[0])
                 if self.ref is not None:
                     ref.append(response_logprobs(self.ref, micro, cfg.rollout.temperature)[0])
+                elif self.lora and rl.kl_coef > 0:
+                    with adapters_off(self.actor):
+                        logprobs = response_logprobs(self.actor, micro, cfg.rollout.temperature)
+                    ref.append(logprobs[0])
                 if self.critic is not None:
                     values.append(response_values(self.critic, micro))
         batch["old_logprobs"] = torch.cat(old).float()
@@ -500,7 +517,10 @@ class Trainer:
         self.engine.wake()
         if self.engine.shares_weights(self.actor):
             return
-        weights = fsdp.full_state_dict(self.actor) if self.fsdp else self.actor.state_dict()
+        if self.lora:
+            weights = merged_weights(self.actor)
+        else:
+            weights = fsdp.full_state_dict(self.actor) if self.fsdp else self.actor.state_dict()
         self.engine.load_weights(weights.items())
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
