@@ -186,6 +186,9 @@ def test_each_loss_has_its_clip_range() -> None:
     assert RLConfig(policy_loss="gspo").clip_range == (3e-4, 4e-4)
     assert RLConfig(policy_loss="cispo").clip_range == (1.0, 0.28)
     assert RLConfig(policy_loss="cispo", clip=0.5).clip_range == (0.5, 0.5)
+    assert RLConfig().aggregation == RLConfig(policy_loss="cispo").aggregation == "token-mean"
+    assert RLConfig(policy_loss="gspo").aggregation == "seq-mean-token-mean"
+    assert RLConfig(policy_loss="gspo", loss_agg="token-mean").aggregation == "token-mean"
     with pytest.raises(ValueError, match="dual_clip applies to the ppo policy loss, not gspo"):
         RLConfig(policy_loss="gspo", dual_clip=3.0)
     with pytest.raises(ValueError, match=r"rl\.loss_agg: unknown 'sum'; known: "):

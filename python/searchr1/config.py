@@ -174,11 +174,12 @@ class RLConfig:
     dual_clip: float | None = field(
         default=None, metadata={"help": "dual-clip c (> 1) or off (ppo loss only)"}
     )
-    loss_agg: str = field(
-        default="token-mean",
+    loss_agg: str | None = field(
+        default=None,
         metadata={
             "help": "how token losses add up: token-mean, seq-mean-token-sum, "
-            "seq-mean-token-mean, seq-mean-token-sum-norm (Dr. GRPO)"
+            "seq-mean-token-mean, seq-mean-token-sum-norm (Dr. GRPO) [default: the "
+            "loss's: ppo and cispo token-mean, gspo seq-mean-token-mean]"
         },
     )
     loss_agg_norm: int | None = field(
@@ -218,7 +219,8 @@ class RLConfig:
         _known("rl.reward", self.reward, REWARDS)
         _known("rl.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _known("rl.policy_loss", self.policy_loss, POLICY_LOSSES)
-        _known("rl.loss_agg", self.loss_agg, LOSS_AGGS)
+        if self.loss_agg is not None:
+            _known("rl.loss_agg", self.loss_agg, LOSS_AGGS)
         if (
             self.dual_clip is not None
             and "dual_clip" not in POLICY_LOSSES[self.policy_loss].options
@@ -246,6 +248,13 @@ class RLConfig:
             raise ValueError(f"rl.dual_clip must be > 1, got {self.dual_clip}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"rl.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @property
+    def aggregation(self) -> str:
+        """``rl.loss_agg``, else the policy loss's own."""
+        from searchr1.rl.losses import POLICY_LOSSES
+
+        return self.loss_agg or POLICY_LOSSES[self.policy_loss].loss_agg
 
     @property
     def clip_range(self) -> tuple[float, float]:

@@ -252,21 +252,22 @@ def cispo_policy_loss(
 @dataclass(frozen=True)
 class PolicyLoss:
     """A policy loss by name (``rl.policy_loss``): ``fn(logprobs, old_logprobs,
-    advantages, mask, clip=, clip_high=, loss_agg=, scale=, **options)`` and the clip
-    range it takes when the config leaves ``rl.clip`` / ``rl.clip_high`` unset
-    (``clip_high`` None: the same as ``clip``). ``options``: the config fields only it
-    reads (``rl.dual_clip`` for PPO)."""
+    advantages, mask, clip=, clip_high=, loss_agg=, scale=, **options)``, and the clip
+    range and aggregation it takes when the config leaves ``rl.clip`` / ``rl.clip_high``
+    / ``rl.loss_agg`` unset (``clip_high`` None: the same as ``clip``). ``options``: the
+    config fields only it reads (``rl.dual_clip`` for PPO)."""
 
     fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]
     clip: float
     clip_high: float | None = None
+    loss_agg: str = "token-mean"
     options: tuple[str, ...] = ()
 
 
 #: The policy losses by name: the one dispatch of ``rl.policy_loss``.
 POLICY_LOSSES: dict[str, PolicyLoss] = {
     "ppo": PolicyLoss(ppo_policy_loss, clip=0.2, options=("dual_clip",)),
-    "gspo": PolicyLoss(gspo_policy_loss, clip=3e-4, clip_high=4e-4),
+    "gspo": PolicyLoss(gspo_policy_loss, clip=3e-4, clip_high=4e-4, loss_agg="seq-mean-token-mean"),
     "cispo": PolicyLoss(cispo_policy_loss, clip=1.0, clip_high=0.28),
 }
 

@@ -47,6 +47,7 @@ def ppo_update(t: Trainer, batch: dict[str, torch.Tensor], step: int) -> dict[st
     rl = t.config.rl
     loss_fn = policy_loss(rl.policy_loss)
     clip, clip_high = rl.clip_range
+    agg = rl.aggregation
     options = {name: getattr(rl, name) for name in loss_fn.options}
     norm = rl.loss_agg_norm or t.config.rollout.max_sampled_tokens
     n = batch["input_ids"].shape[0]
@@ -86,18 +87,18 @@ def ppo_update(t: Trainer, batch: dict[str, torch.Tensor], step: int) -> dict[st
                     micro["mask"],
                     clip=clip,
                     clip_high=clip_high,
-                    loss_agg=rl.loss_agg,
+                    loss_agg=agg,
                     scale=scale,
                     **options,
                 )
                 assert entropy is not None
-                ent = agg_loss(entropy.float(), micro["mask"], rl.loss_agg, scale)
+                ent = agg_loss(entropy.float(), micro["mask"], agg, scale)
                 loss = pg_loss - rl.entropy_coef * ent
                 if "ref_logprobs" in micro and not rl.kl_in_reward:
                     kl = agg_loss(
                         kl_penalty(logprobs, micro["ref_logprobs"], rl.kl_estimator),
                         micro["mask"],
-                        rl.loss_agg,
+                        agg,
                         scale,
                     )
                     loss = loss + rl.kl_coef * kl
