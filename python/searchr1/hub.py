@@ -12,12 +12,12 @@ __all__ = ["local_model"]
 
 
 def local_model(model: str | Path) -> str:
-    """The directory to load ``model`` from: its own path, or its snapshot in the local
-    Hugging Face cache; :class:`~searchr1.errors.InputError` naming it when neither is
-    there. Load from the result with ``local_files_only=True`` too."""
+    """The directory to load ``model`` from: its own path (made absolute), or its snapshot
+    in the local Hugging Face cache; :class:`~searchr1.errors.InputError` naming it when
+    neither is there. Load from the result with ``local_files_only=True`` too."""
     path = Path(model).expanduser()
     if path.exists():
-        return str(path)
+        return str(path.resolve())  # absolute: what a saved LoRA adapter names as its base
     from huggingface_hub import snapshot_download
 
     try:
