@@ -433,6 +433,8 @@ VARIANTS = [
     {"policy_loss": "cispo", "loss_agg": "seq-mean-token-sum-norm", "overlong_buffer": 20},
     # greedy rollouts give a group equal rewards: every round drops all, the batch is filled
     {"dynamic_sampling": True, "dynamic_sampling_rounds": 1},
+    # LoRA: the adapters start alike on every rank; the reference is the base model
+    {"model.lora_rank": 4},
 ]
 
 
@@ -448,7 +450,7 @@ VARIANTS = [
     ],
     ids=[
         *("replicas", "fsdp", "fsdp-ppo", "fsdp-1rank"),
-        *("seq-sum", "gspo-seq-mean", "cispo-drgrpo", "dapo-sampling"),
+        *("seq-sum", "gspo-seq-mean", "cispo-drgrpo", "dapo-sampling", "lora"),
     ],
 )
 def test_gloo_ranks_match_one_process(
@@ -461,7 +463,8 @@ def test_gloo_ranks_match_one_process(
     loss: dict[str, Any],
 ) -> None:
     """torchrun with CPU ranks: the same metrics (losses, KL, entropy) as 1 process, in
-    every loss aggregation (token-mean, the default, in the first four).
+    every loss aggregation (token-mean, the default, in the first four), with DAPO's
+    sampling and shaping, and with LoRA.
 
     Greedy rollouts make the responses independent of how the batch is split; the
     entropy bonus and the KL loss give every step a gradient to check the sync with.
@@ -478,9 +481,12 @@ def test_gloo_ranks_match_one_process(
         micro_batch_size=2,
         kl_coef=0.1,
     )
+    model = {k.removeprefix("model."): v for k, v in loss.items() if k.startswith("model.")}
+    rl = {k: v for k, v in loss.items() if not k.startswith("model.")}
     config = replace(
         config,
-        rl=replace(config.rl, entropy_coef=0.01, **loss),
+        model=replace(config.model, **model),
+        rl=replace(config.rl, entropy_coef=0.01, **rl),
         rollout=replace(config.rollout, temperature=0.0),
         run=replace(config.run, total_steps=3, save_every=0, eval_every=3),
     )
