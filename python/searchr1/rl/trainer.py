@@ -353,11 +353,12 @@ class Trainer:
             generate += turn.result.generate_seconds
             search += turn.result.search_seconds
             groups = self._groups_everywhere(turn)
-            differ = [g for g in groups if len({row.reward for row in g}) > 1]
+            before = len(informative)
+            for group in groups:
+                differs = len({row.reward for row in group}) > 1
+                (informative if differs else flat).append(group)
             if round_no == 0:
-                first_share = len(differ) / max(len(groups), 1)
-            informative += differ
-            flat += [g for g in groups if len({row.reward for row in g}) == 1]
+                first_share = (len(informative) - before) / max(len(groups), 1)
             if len(informative) >= rl.batch_size:
                 break
         chosen = (informative + flat)[: rl.batch_size]
