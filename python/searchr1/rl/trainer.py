@@ -344,12 +344,11 @@ class Trainer:
         flat: list[list[_Row]] = []
         generate = search = 0.0
         first_share = 0.0
-        rounds = 0
+        round_no = 0
         for round_no in range(rl.dynamic_sampling_rounds + 1):
             if round_no:
                 turn = self._rollout(round_no)
                 self._score(turn)
-            rounds += 1
             generate += turn.result.generate_seconds
             search += turn.result.search_seconds
             groups = self._groups_everywhere(turn)
@@ -366,10 +365,9 @@ class Trainer:
         rows = [replace(row, group=base + i) for i, g in enumerate(chosen) for row in g]
         mine = self.dist.shard(len(rows))
         own = rows[mine]
-        pad = self.tokenizer.pad_token_id
         trajectories = [row.trajectory for row in own]
         result = RolloutResult(
-            batch=pack(trajectories, pad_id=int(pad if pad is not None else 0)),
+            batch=pack(trajectories, pad_id=int(self.tokenizer.pad_token_id or 0)),
             trajectories=trajectories,
             stats=[row.stats for row in own],
             responses=[row.response for row in own],
@@ -386,7 +384,7 @@ class Trainer:
             out.penalties = [row.penalty or 0.0 for row in own]
         out.sampling = {
             "dapo/informative": first_share,
-            "dapo/rounds": float(rounds),
+            "dapo/rounds": float(round_no + 1),
             "dapo/filled": max(rl.batch_size - len(informative), 0) / rl.batch_size,
         }
         return out
