@@ -301,6 +301,13 @@ class TrainConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.rl.reward == "format" and self.rollout.protocol != "search_r1":
+            raise ValueError(
+                "rl.reward=format scores Search-R1's tag grammar (<search>, <information>); "
+                f"it cannot score rollout.protocol={self.rollout.protocol}: use em or f1"
+            )
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
         """Builds a config from nested mappings, checking names and types."""

@@ -92,7 +92,7 @@ def evaluate(
     stats: list[Any] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        prompts = tokenize_prompts(engine.tokenizer, [e.question for e in chunk])
+        prompts = tokenize_prompts(engine.tokenizer, [e.question for e in chunk], config.protocol)
         result = run_rollouts(engine, retriever, prompts, config)
         responses += result.responses
         stats += result.stats

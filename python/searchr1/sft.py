@@ -4,12 +4,15 @@ A demonstration is a question and the turns of its response, each a piece of tex
 the model says (``generated=True``: trained on) or the environment injects (retrieved
 documents, the invalid-action message: never trained on). They are tokenized segment
 by segment and packed with :func:`searchr1.pack`, so the loss mask is the one RL uses.
+Demonstrations are written in Search-R1's tags; :func:`to_trajectories` rewrites them
+for another turn protocol (``tool_call``) the way a rollout in it would read.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,11 +21,14 @@ from typing import Any
 import numpy as np
 
 from searchr1.packing import Segment, Trajectory, pack
-from searchr1.rollout.prompt import build_prompt
+from searchr1.rollout.prompt import INVALID_ACTION
+from searchr1.rollout.protocol import TurnProtocol, make_protocol
+from searchr1.tags import Action
 
 __all__ = [
     "Demonstration",
     "SFTConfig",
+    "in_protocol",
     "optimizer_with_schedule",
     "progress_bar",
     "sft",
@@ -58,24 +64,60 @@ class SFTConfig:
 
 
 def to_trajectories(
-    tokenizer: Any, demonstrations: Sequence[Demonstration], eos: bool = True
+    tokenizer: Any,
+    demonstrations: Sequence[Demonstration],
+    eos: bool = True,
+    protocol: str = "search_r1",
 ) -> list[Trajectory]:
     """Tokenizes each demonstration segment by segment (prompt through the chat
-    template); ``eos``: end each response with the tokenizer's EOS token (trained on)."""
+    template); ``eos``: end each response with the tokenizer's EOS token (trained on).
+    ``protocol``: the turn protocol (``rollout.protocol``) the model will roll out in."""
+    turns = make_protocol(protocol, tokenizer)
     out = []
     for demo in demonstrations:
-        prompt = tokenizer(build_prompt(demo.question, tokenizer), add_special_tokens=False)
+        prompt = tokenizer(turns.prompt(demo.question), add_special_tokens=False)
         segments = [
             Segment(
                 np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64),
                 generated,
             )
-            for text, generated in demo.pieces
+            for text, generated in in_protocol(demo.pieces, turns)
             if text
         ]
         if eos and tokenizer.eos_token_id is not None:
             segments.append(Segment(np.asarray([tokenizer.eos_token_id], np.int64), True))
         out.append(Trajectory(np.asarray(prompt["input_ids"], np.int64), segments))
+    return out
+
+
+_SEARCH = re.compile(r"<search>(.*?)</search>", re.DOTALL)
+_INFORMATION = re.compile(r"\n\n<information>(.*)</information>\n\n", re.DOTALL)
+
+
+def in_protocol(
+    pieces: Sequence[tuple[str, bool]], protocol: TurnProtocol
+) -> list[tuple[str, bool]]:
+    """Search-R1-tagged pieces as ``protocol`` writes them: each ``<search>`` becomes its
+    call, each ``<information>`` its documents message, the invalid-action text its own.
+
+    Raises ``ValueError`` for an injected piece that is neither of those.
+    """
+    if protocol.name == "search_r1":
+        return list(pieces)
+    out, said = [], ""
+    for text, generated in pieces:
+        if generated:
+            said = _SEARCH.sub(lambda m: protocol.call(m.group(1).strip()), text)
+            out.append((said, True))
+        elif documents := _INFORMATION.fullmatch(text):
+            out.append((protocol.documents(said, documents.group(1)), False))
+        elif text == INVALID_ACTION:
+            out.append((protocol.invalid(said, Action("invalid", None)), False))
+        else:
+            raise ValueError(
+                f"cannot write an injected piece in the {protocol.name} protocol: it is "
+                f"neither <information> nor the invalid-action text: {text[:60]!r}"
+            )
     return out
 
 

@@ -18,6 +18,7 @@ from searchr1.cli._common import (
     usage_errors,
     user_errors,
 )
+from searchr1.rollout.protocol import PROTOCOLS
 from searchr1.toy.models import TinyModelConfig
 from searchr1.toy.warmstart import WarmStartConfig
 from searchr1.toy.world import WorldConfig
@@ -177,6 +178,7 @@ def init_model_cmd(
 @_warm_option("drills", type=click.IntRange(0))
 @_warm_option("reading_worlds", type=click.IntRange(0))
 @_warm_option("topk", type=click.IntRange(1))
+@_warm_option("protocol", type=click.Choice(PROTOCOLS))
 @_warm_option("seed", type=int)
 @click.option("--overwrite", is_flag=True, help="Replace a model already saved in --out.")
 def sft_cmd(
@@ -190,7 +192,9 @@ def sft_cmd(
     model to write new names ("<think>I remember that NAME"), and the demonstrations
     of --reading-worlds other worlds (of the same shape, never seen again) teach it to
     read what it finds rather than learn this world's facts. The loss is on the
-    model's own tokens only: retrieved documents are masked, as in RL.
+    model's own tokens only: retrieved documents are masked, as in RL. With
+    --protocol tool_call the demonstrations call the search tool in the chat
+    template's format; train the result with `--set rollout.protocol=tool_call`.
 
     \b
     Example:
@@ -246,7 +250,7 @@ def demo_cmd(
     rl_steps: int | None,
     two_hop: float | None,
     overrides: tuple[str, ...],
-    **warm: int | None,
+    **warm: Any,
 ) -> None:
     """Run the embedded default end to end on the CPU.
 

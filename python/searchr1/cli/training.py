@@ -19,6 +19,7 @@ from searchr1.cli._common import (
 )
 from searchr1.retrieval.index import MODES
 from searchr1.rollout.loop import RolloutConfig
+from searchr1.rollout.protocol import PROTOCOLS
 
 
 def _rollout_options(func: FC) -> FC:
@@ -43,6 +44,7 @@ def _rollout_options(func: FC) -> FC:
         field_option(RolloutConfig, "topk", "-k", "--topk"),
         field_option(RolloutConfig, "max_turns"),
         field_option(RolloutConfig, "max_response_length"),
+        field_option(RolloutConfig, "protocol", type=click.Choice(PROTOCOLS)),
         click.option("--device", help="cpu or cuda [default: cuda when present]."),
     ]
     for option in reversed(options):
@@ -68,6 +70,7 @@ def _rollout_setup(options: dict[str, Any]) -> tuple[Any, Any, RolloutConfig]:
         max_response_length=options["max_response_length"],
         topk=options["topk"],
         temperature=0.0,
+        protocol=options["protocol"],
     )
     return engine, retriever, config
 
@@ -143,17 +146,20 @@ def infer_cmd(question: str, **options: Any) -> None:
 
     with user_errors():
         engine, retriever, config = _rollout_setup(options)
-        prompts = tokenize_prompts(engine.tokenizer, [question])
+        prompts = tokenize_prompts(engine.tokenizer, [question], config.protocol)
         result = run_rollouts(engine, retriever, prompts, config)
     styles: dict[str, dict[str, Any]] = {
         "search": {"fg": "yellow", "bold": True},
         "information": {"dim": True},
         "answer": {"fg": "green", "bold": True},
         "think": {"fg": "cyan"},
+        "tool_call": {"fg": "yellow", "bold": True},
+        "tool_response": {"dim": True},
     }
-    pattern = re.compile(r"(<(search|information|answer|think)>.*?</\2>)", re.DOTALL)
+    tags = "|".join(styles)
+    pattern = re.compile(rf"(<({tags})>.*?</\2>)", re.DOTALL)
     for piece in pattern.split(result.responses[0]):
-        match = re.match(r"<(search|information|answer|think)>", piece)
+        match = re.match(rf"<({tags})>", piece)
         if match:
             click.echo(click.style(piece, **styles[match.group(1)]), nl=False)
         elif piece not in styles:
@@ -192,13 +198,16 @@ def train_cmd(
     rl.clip_high; token losses add up as rl.loss_agg says (token-mean,
     seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm); DAPO's
     dynamic sampling and overlong shaping are rl.dynamic_sampling and
-    rl.overlong_buffer. See configs/README.md; --print-config shows every field.
+    rl.overlong_buffer. rollout.protocol=tool_call has an instruct model call
+    the search tool in its chat template's own format instead of Search-R1's
+    <search> tags. See configs/README.md; --print-config shows every field.
 
     \b
     Examples:
       searchr1 train --config configs/toy.yaml
       searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set run.total_steps=200
       searchr1 train --config configs/toy.yaml --set rl.policy_loss=gspo
+    searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set rollout.protocol=tool_call
       searchr1 train --config configs/toy.yaml --resume
     """
     from searchr1.config import TrainConfig

@@ -306,7 +306,9 @@ class Trainer:
         mine = self.dist.shard(len(everyone))
         examples = everyone[mine]
         self.actor.eval()
-        prompts = tokenize_prompts(self.tokenizer, [e.question for e in examples])
+        prompts = tokenize_prompts(
+            self.tokenizer, [e.question for e in examples], cfg.rollout.protocol
+        )
         seed = cfg.run.seed * 1_000_003 + step + round_no * 7_919_000
         rollout_cfg = replace(cfg.rollout, seed=seed)
         self.engine.wake()
@@ -550,7 +552,9 @@ class Trainer:
         self.actor.eval()
         self.engine.wake()
         mine = self.val_data[self.dist.rank :: self.dist.world]
-        prompts = tokenize_prompts(self.tokenizer, [e.question for e in mine])
+        prompts = tokenize_prompts(
+            self.tokenizer, [e.question for e in mine], self.config.rollout.protocol
+        )
         rollout_cfg = replace(self.config.rollout, temperature=0.0, seed=None)
         result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg)
         parts = self.dist.gather_objects((result.responses, mine, result.stats))

@@ -1,11 +1,13 @@
 """The multi-turn rollout loop: generate, act, search, observe; then pack.
 
-Each turn generates for every running trajectory in one engine call, parses each
-turn's action, sends every search of the turn to the retriever in one batched call,
-and appends the observation as an injected segment (no loss); a search that fails
-(after RemoteRetriever's own retries) says so in its observation. After ``max_turns``
-turns, one last turn is generated in which a search returns nothing. The result is the
-packed batch plus what a trainer logs.
+The turn protocol (``rollout.protocol``, see :mod:`searchr1.rollout.protocol`) says
+where a turn stops, what its action is and what text follows it. Each turn generates
+for every running trajectory in one engine call, parses each turn's action, sends every
+search of the turn to the retriever in one batched call, and appends the observation as
+an injected segment (no loss); a search that fails (after RemoteRetriever's own
+retries) says so in its observation. After ``max_turns`` turns, one last turn is
+generated in which a search returns nothing. The result is the packed batch plus what a
+trainer logs.
 """
 
 from __future__ import annotations
@@ -20,15 +22,8 @@ import numpy.typing as npt
 
 from searchr1.packing import PackedBatch, Segment, Trajectory, pack
 from searchr1.rollout.engine import Engine, SamplingConfig
-from searchr1.rollout.prompt import (
-    INVALID_ACTION,
-    SEARCH_FAILED,
-    Passage,
-    build_prompt,
-    format_documents,
-    information,
-)
-from searchr1.tags import SEARCH_R1_STOPS, parse_action
+from searchr1.rollout.prompt import SEARCH_FAILED, Passage, format_documents
+from searchr1.rollout.protocol import PROTOCOLS, make_protocol
 
 __all__ = [
     "RolloutConfig",
@@ -63,8 +58,17 @@ class RolloutConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling; 1 is off"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 is off"})
     seed: int | None = field(default=None, metadata={"help": "sampling seed (per turn: +turn)"})
+    protocol: str = field(
+        default="search_r1",
+        metadata={
+            "help": "how the model searches: search_r1 (Search-R1's <search> tags) or "
+            "tool_call (a function call in the chat template's own format)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in ("max_response_length", "max_obs_length", "max_length", "topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -76,15 +80,15 @@ class RolloutConfig:
         """The most tokens a trajectory's model turns can hold together."""
         return min((self.max_turns + 1) * self.max_response_length, self.max_length)
 
-    def sampling(self, max_tokens: int, turn: int) -> SamplingConfig:
-        """The engine settings of one turn."""
+    def sampling(self, max_tokens: int, turn: int, stop: tuple[str, ...]) -> SamplingConfig:
+        """The engine settings of one turn, ending at the protocol's ``stop`` strings."""
         return SamplingConfig(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
             seed=None if self.seed is None else self.seed + turn,
-            stop=SEARCH_R1_STOPS,
+            stop=stop,
         )
 
 
@@ -138,9 +142,13 @@ class RolloutResult:
         return out
 
 
-def tokenize_prompts(tokenizer: Any, questions: Sequence[str]) -> list[npt.NDArray[np.int64]]:
-    """The Search-R1 prompt of each question as token ids (chat template when present)."""
-    texts = [build_prompt(q, tokenizer) for q in questions]
+def tokenize_prompts(
+    tokenizer: Any, questions: Sequence[str], protocol: str = "search_r1"
+) -> list[npt.NDArray[np.int64]]:
+    """The prompt of each question as token ids: Search-R1's (through the chat template
+    when there is one), or with the search tool declared for ``protocol="tool_call"``."""
+    turns = make_protocol(protocol, tokenizer)
+    texts = [turns.prompt(q) for q in questions]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [np.asarray(ids, dtype=np.int64) for ids in encoded]
 
@@ -179,6 +187,7 @@ def run_rollouts(
     """
     config = config or RolloutConfig()
     tokenizer = engine.tokenizer
+    protocol = make_protocol(config.protocol, tokenizer)
     n = len(prompts)
     prompt_ids = [np.asarray(p, dtype=np.int64) for p in prompts]
     trajectories = [Trajectory(p, []) for p in prompt_ids]
@@ -198,7 +207,7 @@ def run_rollouts(
         max_tokens = int(min(config.max_response_length, budget[running].max()))
         contexts = [_context(trajectories[i]) for i in running]
         started = time.perf_counter()
-        generations = engine.generate(contexts, config.sampling(max_tokens, turn))
+        generations = engine.generate(contexts, config.sampling(max_tokens, turn, protocol.stops))
         generate_seconds += time.perf_counter() - started
 
         new_ids = []
@@ -211,8 +220,9 @@ def run_rollouts(
             lengths[i] += len(ids)
             stats[i].turns += 1
             new_ids.append(ids)
-        texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        actions = [parse_action(t) for t in texts]
+        texts = tokenizer.batch_decode(new_ids, skip_special_tokens=protocol.skip_special_tokens)
+        actions = [protocol.parse(t) for t in texts]
+        turn_text = dict(zip(running, texts, strict=True))
 
         searching = [
             i for i, a in zip(running, actions, strict=True) if a.kind == "search" and not last_turn
@@ -239,11 +249,11 @@ def run_rollouts(
                 stats[i].valid_actions += 1
                 if not last_turn:
                     stats[i].searches += 1
-                    observations[i] = information(documents[i])
+                    observations[i] = protocol.documents(turn_text[i], documents[i])
             else:
                 stats[i].invalid_actions += 1
                 if not last_turn:
-                    observations[i] = INVALID_ACTION
+                    observations[i] = protocol.invalid(turn_text[i], action)
         if last_turn:
             break
         running = [i for i in running if not stats[i].finished and not stats[i].truncated]

@@ -29,6 +29,7 @@ from typing import Any
 from searchr1.packing import Trajectory
 from searchr1.rollout.loop import SearchBackend
 from searchr1.rollout.prompt import Passage, format_documents, information
+from searchr1.rollout.protocol import PROTOCOLS
 from searchr1.sft import Demonstration, SFTConfig, progress_bar, sft, to_trajectories
 from searchr1.toy.copying import CopyConfig, copy_pretrain
 from searchr1.toy.models import PROTOCOL_TEXT
@@ -91,6 +92,13 @@ class WarmStartConfig:
         },
     )
     topk: int = field(default=1, metadata={"help": "documents per search in demonstrations"})
+    protocol: str = field(
+        default="search_r1",
+        metadata={
+            "help": "turn protocol of the demonstrations: search_r1 or tool_call "
+            "(train with the same rollout.protocol)"
+        },
+    )
     seed: int = field(
         default=0,
         metadata={
@@ -109,6 +117,8 @@ class WarmStartConfig:
             raise ValueError("topk and sft_batch_size must be >= 1")
         if self.sft_lr <= 0:
             raise ValueError(f"sft_lr must be > 0, got {self.sft_lr}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
 
 
 @dataclass
@@ -181,6 +191,7 @@ def warm_start(
         seed=config.seed,
         top_k=config.topk,
         reading_worlds=config.reading_worlds,
+        protocol=config.protocol,
     )
     report.drills = config.drills
     report.demonstrations = len(trajectories) - config.drills
@@ -392,15 +403,17 @@ def warm_start_trajectories(
     seed: int = 0,
     top_k: int = 1,
     reading_worlds: int = 1,
+    protocol: str = "search_r1",
 ) -> list[Trajectory]:
     """The warm start's SFT data (the demo's and ``searchr1 sft``'s): one of
     :func:`demonstrations` per training question, those of ``reading_worlds`` other
-    worlds (:func:`reading_demonstrations`), then ``drills`` :func:`name_drills`."""
+    worlds (:func:`reading_demonstrations`), then ``drills`` :func:`name_drills`, in
+    the turn ``protocol`` the model will roll out in."""
     demos = demonstrations(world, "train", retriever, search_fraction, seed=seed, top_k=top_k)
     demos += reading_demonstrations(world, reading_worlds, search_fraction, seed, top_k)
-    trajectories = to_trajectories(tokenizer, demos)
+    trajectories = to_trajectories(tokenizer, demos, protocol=protocol)
     return trajectories + to_trajectories(
-        tokenizer, name_drills(tokenizer, drills, seed), eos=False
+        tokenizer, name_drills(tokenizer, drills, seed), eos=False, protocol=protocol
     )
 
 
