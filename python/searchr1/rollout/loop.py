@@ -21,18 +21,25 @@ import numpy as np
 import numpy.typing as npt
 
 from searchr1.packing import PackedBatch, Segment, Trajectory, pack
-from searchr1.rollout.engine import Engine, SamplingConfig
+from searchr1.rollout.engine import Engine, Generation, SamplingConfig
 from searchr1.rollout.prompt import SEARCH_FAILED, Passage, format_documents
 from searchr1.rollout.protocol import PROTOCOLS, make_protocol
+from searchr1.tags import Action
 
 __all__ = [
     "RolloutConfig",
     "RolloutResult",
     "SearchBackend",
+    "TrajectoryState",
     "TrajectoryStats",
+    "finish_rollouts",
     "run_rollouts",
     "tokenize_prompts",
 ]
+
+
+#: The rollout loops ``rollout.mode`` names.
+MODES = ("lockstep", "async")
 
 
 class SearchBackend(Protocol):
@@ -58,6 +65,19 @@ class RolloutConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling; 1 is off"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 is off"})
     seed: int | None = field(default=None, metadata={"help": "sampling seed (per turn: +turn)"})
+    mode: str = field(
+        default="lockstep",
+        metadata={
+            "help": "lockstep (every turn waits for the whole batch, as Search-R1) or "
+            "async (each trajectory runs its own turns; searches micro-batched)"
+        },
+    )
+    search_batch_size: int = field(
+        default=512, metadata={"help": "async: queries per search call, at most"}
+    )
+    search_wait_ms: float = field(
+        default=5.0, metadata={"help": "async: how long a search waits for others to join"}
+    )
     protocol: str = field(
         default="search_r1",
         metadata={
@@ -67,6 +87,10 @@ class RolloutConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.search_batch_size < 1 or self.search_wait_ms < 0:
+            raise ValueError("search_batch_size must be >= 1 and search_wait_ms >= 0")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in ("max_response_length", "max_obs_length", "max_length", "topk"):
@@ -122,9 +146,11 @@ class RolloutResult:
     stats: list[TrajectoryStats]
     responses: list[str]
     transcripts: list[str]
-    #: Seconds spent generating and searching.
+    #: Seconds spent generating and searching (the async loop overlaps them).
     generate_seconds: float = 0.0
     search_seconds: float = 0.0
+    #: What the loop itself reports (the async loop: engine busy share, search batches).
+    loop_metrics: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Means over trajectories (turns, searches, valid actions, finished...)."""
@@ -139,6 +165,7 @@ class RolloutResult:
         )
         out["generate_seconds"] = self.generate_seconds
         out["search_seconds"] = self.search_seconds
+        out.update(self.loop_metrics)
         return out
 
 
@@ -174,6 +201,76 @@ def _search(retriever: SearchBackend | None, queries: list[str], k: int) -> tupl
     return [SEARCH_FAILED.format(error=error)] * len(queries), True
 
 
+class TrajectoryState:
+    """One trajectory in progress: its segments, stats and length, and the rules of a
+    turn that both loops follow (lockstep here, asynchronous in
+    :mod:`searchr1.rollout.agent`), so that they build the same trajectories."""
+
+    def __init__(self, prompt: npt.NDArray[np.int64], config: RolloutConfig) -> None:
+        self.trajectory = Trajectory(prompt, [])
+        self.stats = TrajectoryStats()
+        self.length = len(prompt)
+        self.config = config
+
+    @property
+    def budget(self) -> int:
+        """Tokens the next turn may add before ``max_length``."""
+        return self.config.max_length - self.length
+
+    def context(self) -> npt.NDArray[np.int64]:
+        """The prompt and response so far: what the engine continues."""
+        return _context(self.trajectory)
+
+    def start_turn(self) -> int:
+        """The token budget of the next turn; 0 (and marked truncated) when none is left."""
+        if self.budget <= 0:
+            self.stats.truncated = True
+            return 0
+        return min(self.config.max_response_length, self.budget)
+
+    def add_turn(self, generation: Generation) -> npt.NDArray[np.int64]:
+        """Appends what the engine generated (cut to the budget); the ids kept."""
+        budget = self.budget
+        ids, lps = generation.token_ids, generation.logprobs
+        if len(ids) > budget or (len(ids) == budget and generation.finish_reason == "length"):
+            # It ran into max_length: the turn was (or would have been) cut there.
+            ids, lps = ids[:budget], lps[:budget]
+            self.stats.truncated = True
+        self.trajectory.segments.append(Segment(ids, True, lps))
+        self.length += len(ids)
+        self.stats.turns += 1
+        return ids
+
+    def act(self, action: Action, last_turn: bool) -> Action | None:
+        """Counts the turn's action; returns it when an observation must follow (a
+        search, or an invalid action), None when the trajectory ends here."""
+        stats = self.stats
+        if action.kind == "answer":
+            stats.valid_actions += 1
+            stats.finished = True
+            stats.answer = action.content
+            return None
+        if action.kind == "search":
+            stats.valid_actions += 1
+        else:
+            stats.invalid_actions += 1
+        if last_turn or stats.truncated:
+            return None
+        if action.kind == "search":
+            stats.searches += 1
+        return action
+
+    def observe(self, ids: Sequence[int]) -> None:
+        """Appends an observation (no loss), cut to ``max_obs_length`` and the room left."""
+        room = self.budget
+        if len(ids) > room:
+            self.stats.truncated = True
+        kept = np.asarray(ids[: min(self.config.max_obs_length, room)], dtype=np.int64)
+        if len(kept):
+            self.trajectory.segments.append(Segment(kept, False))
+            self.length += len(kept)
+
+
 def run_rollouts(
     engine: Engine,
     retriever: SearchBackend | None,
@@ -184,93 +281,77 @@ def run_rollouts(
 
     ``retriever`` may be None when no search is wanted: every search then fails
     (as with a retriever that is down) and says so in its observation.
+    ``config.mode`` picks the loop: ``lockstep`` (below) or ``async``
+    (:func:`searchr1.rollout.agent.run_agent_rollouts`).
     """
     config = config or RolloutConfig()
+    if config.mode == "async":
+        from searchr1.rollout.agent import run_agent_rollouts
+
+        return run_agent_rollouts(engine, retriever, prompts, config)
     tokenizer = engine.tokenizer
     protocol = make_protocol(config.protocol, tokenizer)
-    n = len(prompts)
-    prompt_ids = [np.asarray(p, dtype=np.int64) for p in prompts]
-    trajectories = [Trajectory(p, []) for p in prompt_ids]
-    stats = [TrajectoryStats() for _ in range(n)]
-    lengths = np.array([len(p) for p in prompt_ids], dtype=np.int64)
-    running = [i for i in range(n)]
+    states = [TrajectoryState(np.asarray(p, dtype=np.int64), config) for p in prompts]
+    running = list(range(len(states)))
     generate_seconds = search_seconds = 0.0
 
     for turn in range(config.max_turns + 1):
         last_turn = turn == config.max_turns
-        budget = config.max_length - lengths
-        for i in [i for i in running if budget[i] <= 0]:
-            stats[i].truncated = True
-        running = [i for i in running if budget[i] > 0]
+        budgets = {i: states[i].start_turn() for i in running}
+        running = [i for i in running if budgets[i] > 0]
         if not running:
             break
-        max_tokens = int(min(config.max_response_length, budget[running].max()))
-        contexts = [_context(trajectories[i]) for i in running]
+        # One call for the whole turn: as many tokens as the roomiest row may take.
+        max_tokens = max(budgets[i] for i in running)
         started = time.perf_counter()
-        generations = engine.generate(contexts, config.sampling(max_tokens, turn, protocol.stops))
+        generations = engine.generate(
+            [states[i].context() for i in running],
+            config.sampling(max_tokens, turn, protocol.stops),
+        )
         generate_seconds += time.perf_counter() - started
-
-        new_ids = []
-        for i, gen in zip(running, generations, strict=True):
-            ids, lps = gen.token_ids, gen.logprobs
-            if len(ids) > budget[i]:
-                ids, lps = ids[: budget[i]], lps[: budget[i]]
-                stats[i].truncated = True
-            trajectories[i].segments.append(Segment(ids, True, lps))
-            lengths[i] += len(ids)
-            stats[i].turns += 1
-            new_ids.append(ids)
+        new_ids = [states[i].add_turn(g) for i, g in zip(running, generations, strict=True)]
         texts = tokenizer.batch_decode(new_ids, skip_special_tokens=protocol.skip_special_tokens)
-        actions = [protocol.parse(t) for t in texts]
-        turn_text = dict(zip(running, texts, strict=True))
+        pending: dict[int, tuple[str, Action]] = {}
+        for i, text in zip(running, texts, strict=True):
+            action = states[i].act(protocol.parse(text), last_turn)
+            if action is not None:
+                pending[i] = (text, action)
 
-        searching = [
-            i for i, a in zip(running, actions, strict=True) if a.kind == "search" and not last_turn
-        ]
+        searching = [i for i, (_, action) in pending.items() if action.kind == "search"]
         documents: dict[int, str] = {}
         if searching:
             started = time.perf_counter()
-            by_row = dict(zip(running, actions, strict=True))
-            queries = [by_row[i].content or "" for i in searching]
+            queries = [pending[i][1].content or "" for i in searching]
             docs, failed = _search(retriever, queries, config.topk)
             search_seconds += time.perf_counter() - started
             documents = dict(zip(searching, docs, strict=True))
-            if failed:
-                for i in searching:
-                    stats[i].search_failures += 1
+            for i in searching if failed else ():
+                states[i].stats.search_failures += 1
 
-        observations: dict[int, str] = {}
-        for i, action in zip(running, actions, strict=True):
-            if action.kind == "answer":
-                stats[i].valid_actions += 1
-                stats[i].finished = True
-                stats[i].answer = action.content
-            elif action.kind == "search":
-                stats[i].valid_actions += 1
-                if not last_turn:
-                    stats[i].searches += 1
-                    observations[i] = protocol.documents(turn_text[i], documents[i])
-            else:
-                stats[i].invalid_actions += 1
-                if not last_turn:
-                    observations[i] = protocol.invalid(turn_text[i], action)
-        if last_turn:
-            break
-        running = [i for i in running if not stats[i].finished and not stats[i].truncated]
-        order = [i for i in running if i in observations]
-        if order:
-            encoded = tokenizer([observations[i] for i in order], add_special_tokens=False)[
-                "input_ids"
+        running = list(pending)
+        if running:
+            observations = [
+                protocol.documents(text, documents[i])
+                if i in documents
+                else protocol.invalid(text, action)
+                for i, (text, action) in pending.items()
             ]
-            for i, ids in zip(order, encoded, strict=True):
-                room = int(config.max_length - lengths[i])
-                cut = min(config.max_obs_length, room)
-                if len(ids) > room:
-                    stats[i].truncated = True
-                obs = np.asarray(ids[:cut], dtype=np.int64)
-                trajectories[i].segments.append(Segment(obs, False))
-                lengths[i] += len(obs)
+            encoded = tokenizer(observations, add_special_tokens=False)["input_ids"]
+            for i, ids in zip(running, encoded, strict=True):
+                states[i].observe(ids)
 
+    return finish_rollouts(tokenizer, states, generate_seconds, search_seconds)
+
+
+def finish_rollouts(
+    tokenizer: Any,
+    states: Sequence[TrajectoryState],
+    generate_seconds: float = 0.0,
+    search_seconds: float = 0.0,
+    loop_metrics: dict[str, float] | None = None,
+) -> RolloutResult:
+    """Packs finished trajectories and decodes what rewards and logs read."""
+    trajectories = [s.trajectory for s in states]
     pad = tokenizer.pad_token_id
     batch = pack(trajectories, pad_id=int(pad if pad is not None else 0))
     responses = tokenizer.batch_decode(
@@ -280,7 +361,14 @@ def run_rollouts(
         [_context(t) for t in trajectories], skip_special_tokens=False
     )
     return RolloutResult(
-        batch, trajectories, stats, responses, transcripts, generate_seconds, search_seconds
+        batch,
+        trajectories,
+        [s.stats for s in states],
+        responses,
+        transcripts,
+        generate_seconds,
+        search_seconds,
+        dict(loop_metrics or {}),
     )
 
 
