@@ -215,3 +215,67 @@ def test_mode_is_checked() -> None:
         RolloutConfig(mode="eager")
     with pytest.raises(ValueError, match="search_batch_size"):
         RolloutConfig(search_batch_size=0)
+
+
+class Source:
+    """A RequestSource: starts with ``first``; when a request named in ``then`` is
+    delivered, its follow-ups join."""
+
+    def __init__(self, first: list[Any], then: dict[str, list[Any]]) -> None:
+        self.queue, self.then = list(first), then
+        self.delivered: list[tuple[str, Any]] = []
+
+    def take(self, block: bool) -> list[Any] | None:
+        taken, self.queue = self.queue, []
+        return None if block and not taken else taken
+
+    def deliver(self, request: Any, generation: Any) -> None:
+        self.delivered.append((request.tag, generation))
+        self.queue += self.then.get(request.tag, [])
+
+
+def test_serve_batches_continuously_and_generates_what_each_would_alone(
+    tiny_model_dir: Path,
+) -> None:
+    """Rows that join a running batch (their cache padded to its width) and rows that
+    leave it early sample, greedily, exactly what they would on their own."""
+    from searchr1.rollout import SamplingConfig
+    from searchr1.rollout.hf import Request
+
+    engine = HFEngine.from_pretrained(tiny_model_dir)
+    tok = engine.tokenizer
+    prompts = {
+        tag: np.asarray(tok.encode(text), dtype=np.int64)
+        for tag, text in [
+            ("long", "who founded the city of Riverton? It was"),
+            ("short", "Riverton"),
+            ("late", "<answer> Alice Marlow </answer> and then the town of"),
+            ("later", "who"),
+        ]
+    }
+    greedy = SamplingConfig(temperature=0.0, stop=("</search>",))
+    budget = {"long": 24, "short": 3, "late": 6, "later": 9}
+
+    def request(tag: str) -> Request:
+        return Request(prompts[tag], replace(greedy, max_tokens=budget[tag]), tag)
+
+    source = Source(
+        [request("long"), request("short")],
+        {"short": [request("late")], "late": [request("later")]},
+    )
+    engine.serve(source)
+    assert [tag for tag, _ in source.delivered] == ["short", "late", "later", "long"]
+    for tag, generation in source.delivered:
+        (alone,) = engine.generate([prompts[tag]], replace(greedy, max_tokens=budget[tag]))
+        assert np.array_equal(generation.token_ids, alone.token_ids), tag
+        assert generation.finish_reason == alone.finish_reason
+        np.testing.assert_allclose(generation.logprobs, alone.logprobs, atol=1e-4)
+
+
+def test_a_failing_engine_session_reports_its_error(tiny_model_dir: Path) -> None:
+    engine = HFEngine.from_pretrained(tiny_model_dir)
+    prompts = [np.asarray(engine.tokenizer.encode("who"), dtype=np.int64), np.zeros(0, np.int64)]
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="empty"):
+        run_rollouts(engine, Docs(), prompts, ASYNC)
+    assert threading.active_count() == before

@@ -4,9 +4,13 @@ Each trajectory is a coroutine: generate until a stop, EOS or a limit -> parse t
 -> search -> inject the observation -> generate again, without waiting for the others.
 Two batchers sit between the trajectories and the slow resources:
 
-- :class:`EngineBatcher` gives the engine every request that is waiting each time it
-  is free, so trajectories back from a search join the next engine call instead of
-  waiting for the slowest of their turn. The engine runs on a worker thread.
+- :class:`ContinuousBatcher` feeds an engine that batches continuously
+  (:meth:`HFEngine.serve <searchr1.rollout.HFEngine.serve>`): a request joins the
+  running batch at the next token step and comes back the step it stops.
+  :class:`EngineBatcher` does the next best with any other engine: it gives the engine
+  every request that is waiting each time it is free, so trajectories back from a
+  search join the next call instead of waiting for the slowest of their turn.
+  Either way the engine runs on a worker thread.
 - :class:`SearchBatcher` gathers queries of the trajectories in flight into one
   backend call (at most ``rollout.search_batch_size`` queries, waiting at most
   ``rollout.search_wait_ms`` for others to join), and answers identical queries once:
@@ -33,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from searchr1.rollout.engine import Engine, Generation, SamplingConfig
+from searchr1.rollout.hf import Request
 from searchr1.rollout.loop import (
     RolloutConfig,
     RolloutResult,
@@ -43,7 +48,7 @@ from searchr1.rollout.loop import (
 )
 from searchr1.rollout.protocol import TurnProtocol, make_protocol
 
-__all__ = ["EngineBatcher", "SearchBatcher", "run_agent_rollouts"]
+__all__ = ["ContinuousBatcher", "EngineBatcher", "SearchBatcher", "run_agent_rollouts"]
 
 
 @dataclass
@@ -122,6 +127,81 @@ class EngineBatcher:
         finally:
             self._busy = False
             self._kick()
+
+
+class ContinuousBatcher:
+    """Feeds an engine that batches continuously (``engine.serve``, as
+    :meth:`HFEngine.serve <searchr1.rollout.HFEngine.serve>`): requests join its running
+    batch as they come, and each comes back as soon as it stops."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Condition()
+        self._queue: list[Request] = []
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._futures: dict[int, asyncio.Future[Generation]] = {}
+        self.busy_seconds = 0.0
+        self.batch_sizes: list[int] = []
+
+    async def generate(self, prompt: npt.NDArray[np.int64], sampling: SamplingConfig) -> Generation:
+        """What the engine generates after ``prompt``."""
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._loop = loop
+            self._task = loop.create_task(self._serve())
+        future: asyncio.Future[Generation] = loop.create_future()
+        request = Request(prompt, sampling)
+        self._futures[id(request)] = future
+        with self._lock:
+            self._queue.append(request)
+            self._lock.notify()
+        return await future
+
+    async def _serve(self) -> None:
+        before = self.engine.serve_seconds
+        try:
+            await asyncio.to_thread(self.engine.serve, self)
+        except BaseException as exc:
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        finally:
+            self.busy_seconds = self.engine.serve_seconds - before
+
+    async def close(self) -> None:
+        """Lets the engine's loop end, and waits for it."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._task is not None:
+            await self._task
+
+    # The engine's side (its worker thread): RequestSource.
+    def take(self, block: bool) -> list[Request] | None:
+        """The requests that arrived; None once closed with nothing left."""
+        with self._lock:
+            while block and not self._queue and not self._closed:
+                self._lock.wait()
+            if self._closed and not self._queue and block:
+                return None
+            taken, self._queue = self._queue, []
+        if taken:
+            self.batch_sizes.append(len(taken))
+        return taken
+
+    def deliver(self, request: Request, generation: Generation) -> None:
+        """Hands a finished generation back to the event loop."""
+        future = self._futures.pop(id(request))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle, future, generation)
+
+
+def _settle(future: asyncio.Future[Generation], generation: Generation) -> None:
+    if not future.done():
+        future.set_result(generation)
 
 
 def _shared(sampling: SamplingConfig) -> SamplingConfig:
@@ -226,7 +306,7 @@ class _Loop:
     config: RolloutConfig
     tokenizer: Any
     protocol: TurnProtocol
-    engine: EngineBatcher
+    engine: EngineBatcher | ContinuousBatcher
     search: SearchBatcher
     states: list[TrajectoryState] = field(default_factory=list)
 
@@ -261,6 +341,9 @@ async def _rollouts(loop: _Loop) -> None:
     except BaseExceptionGroup as errors:
         # The first failure is the one to report (the others are its consequences).
         raise errors.exceptions[0] from None
+    finally:
+        if isinstance(loop.engine, ContinuousBatcher):
+            await loop.engine.close()
 
 
 def run_agent_rollouts(
@@ -279,7 +362,7 @@ def run_agent_rollouts(
         config,
         tokenizer,
         make_protocol(config.protocol, tokenizer),
-        EngineBatcher(engine),
+        ContinuousBatcher(engine) if hasattr(engine, "serve") else EngineBatcher(engine),
         SearchBatcher(retriever, config.topk, config.search_batch_size, config.search_wait_ms),
         [TrajectoryState(np.asarray(p, dtype=np.int64), config) for p in prompts],
     )

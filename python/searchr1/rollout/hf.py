@@ -9,9 +9,11 @@ compute.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,9 +30,31 @@ from searchr1.rollout.engine import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["HFEngine"]
+__all__ = ["HFEngine", "Request", "RequestSource"]
 
 _RUNNING, _STOP, _EOS = 0, 1, 2
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation asked of :meth:`HFEngine.serve`; ``tag`` is the caller's."""
+
+    prompt: npt.NDArray[np.int64]
+    sampling: SamplingConfig
+    tag: Any = None
+
+
+class RequestSource(Protocol):
+    """Where :meth:`HFEngine.serve` takes requests from and hands results to."""
+
+    def take(self, block: bool) -> list[Request] | None:
+        """The requests that arrived (waiting for one if ``block``); None once closed
+        with nothing left."""
+        ...
+
+    def deliver(self, request: Request, generation: Generation) -> None:
+        """Takes a finished request's generation."""
+        ...
 
 
 class HFEngine:
@@ -56,6 +80,8 @@ class HFEngine:
         #: (the compute spent, finished rows not yet dropped included).
         self.tokens_sampled = 0
         self.row_steps = 0
+        #: Seconds :meth:`serve` spent running the model.
+        self.serve_seconds = 0.0
 
     @classmethod
     def from_pretrained(
@@ -208,18 +234,69 @@ class HFEngine:
                     use_cache=True,
                 ).logits[:, -1]
 
-        results = []
-        for i in range(n):
-            token_ids, lps = out_ids[i, : out_len[i]], out_lps[i, : out_len[i]]
-            if status[i] == _STOP:
-                which = checker.stopped(i)
-                token_ids, lps = self.stops.cut(token_ids, lps, len(token_ids) - 1, keep_bytes[i])
-                stop = sampling.stop[which] if which is not None else None
-                results.append(Generation(token_ids.copy(), lps.copy(), "stop", stop))
-            else:
-                reason: FinishReason = "eos" if status[i] == _EOS else "length"
-                results.append(Generation(token_ids.copy(), lps.copy(), reason))
-        return results
+        return [
+            self._result(
+                out_ids[i, : out_len[i]].copy(),
+                out_lps[i, : out_len[i]].copy(),
+                int(status[i]),
+                checker.stopped(i) if status[i] == _STOP else None,
+                int(keep_bytes[i]),
+                sampling,
+            )
+            for i in range(n)
+        ]
+
+    def _result(
+        self,
+        token_ids: npt.NDArray[np.int64],
+        lps: npt.NDArray[np.float32],
+        status: int,
+        which: int | None,
+        keep_bytes: int,
+        sampling: SamplingConfig,
+    ) -> Generation:
+        """The generation of a finished row (cut at its stop string, if any)."""
+        if status == _STOP:
+            token_ids, lps = self.stops.cut(token_ids, lps, len(token_ids) - 1, keep_bytes)
+            stop = sampling.stop[which] if which is not None else None
+            return Generation(token_ids, lps, "stop", stop)
+        reason: FinishReason = "eos" if status == _EOS else "length"
+        return Generation(token_ids, lps, reason)
+
+    def serve(self, requests: RequestSource) -> None:
+        """Continuous batching: generates for requests as they come, until ``requests``
+        is closed and nothing runs.
+
+        Every step samples one token for each running row; a row that stops is handed
+        back at once (``requests.deliver``) and leaves the batch, and requests that
+        arrived meanwhile are prefilled and join it, their KV cache left-padded to the
+        batch's width. All requests must share their sampling settings but
+        ``max_tokens`` and ``seed``; the first request's seed seeds the whole session.
+        """
+        import torch
+
+        batch = _Batch(self)
+        generator: torch.Generator | None = None
+        shared: SamplingConfig | None = None
+        while True:
+            new = requests.take(block=not batch.rows)
+            if new is None:
+                return
+            for request in new:
+                key = replace(request.sampling, max_tokens=1, seed=None)
+                shared = shared or key
+                if key != shared:
+                    raise ValueError("requests of one session must share their sampling")
+                if generator is None and request.sampling.seed is not None:
+                    generator = torch.Generator(device=self.device)
+                    generator.manual_seed(request.sampling.seed)
+            started = time.perf_counter()
+            if new:
+                batch.admit(new)
+            finished = batch.step(shared, generator) if batch.rows and shared else []
+            self.serve_seconds += time.perf_counter() - started
+            for request, generation in finished:
+                requests.deliver(request, generation)
 
 
 def _sample(
@@ -255,3 +332,157 @@ def _sample(
     if filtered is not scaled:  # top-k or top-p removed tokens: renormalised log-probs
         logprobs = torch.log_softmax(filtered, dim=-1)
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+@dataclass
+class _Row:
+    request: Request
+    slot: int
+    ids: list[int] = field(default_factory=list)
+    lps: list[float] = field(default_factory=list)
+
+
+class _Batch:
+    """The running rows of :meth:`HFEngine.serve`: their KV cache, masks, positions and
+    the logits of their next token."""
+
+    def __init__(self, engine: HFEngine) -> None:
+        self.engine = engine
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.attention: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self.slots = 0
+        self.checker: Any = None
+
+    def admit(self, requests: Sequence[Request]) -> None:
+        """Prefills ``requests`` and appends them to the running rows."""
+        import torch
+        from transformers import DynamicCache
+
+        engine = self.engine
+        if self.checker is None:
+            # A slot per request, never reused: the checker cannot reset one row.
+            self.checker = engine.stops.checker(requests[0].sampling.stop)
+            self.checker.reset(1 << 16)
+        lengths = [len(r.prompt) for r in requests]
+        if min(lengths) == 0:
+            raise ValueError("a prompt is empty")
+        width = max(lengths)
+        ids = np.full((len(requests), width), engine.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(requests), width), dtype=np.int64)
+        for i, r in enumerate(requests):
+            ids[i, width - len(r.prompt) :] = r.prompt
+            mask[i, width - len(r.prompt) :] = 1
+        device = engine.device
+        attention = torch.from_numpy(mask).to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = engine.model(
+                input_ids=torch.from_numpy(ids).to(device),
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        if self.slots + len(requests) > self.checker.batch_size:
+            raise RuntimeError("too many requests in one session for the stop checker")
+        rows = [_Row(r, self.slots + i) for i, r in enumerate(requests)]
+        self.slots += len(requests)
+        if not self.rows:
+            self.cache, self.attention, self.logits = cache, attention, logits
+            self.positions = positions[:, -1:]
+        else:
+            assert self.attention is not None and self.positions is not None
+            assert self.logits is not None
+            old, new = self.attention.shape[1], attention.shape[1]
+            _merge_caches(self.cache, cache, max(new - old, 0), max(old - new, 0))
+            self.attention = torch.cat(
+                [_pad_left(self.attention, new - old), _pad_left(attention, old - new)]
+            )
+            self.positions = torch.cat([self.positions, positions[:, -1:]])
+            self.logits = torch.cat([self.logits, logits])
+        self.rows += rows
+
+    def step(
+        self, sampling: SamplingConfig, generator: torch.Generator | None
+    ) -> list[tuple[Request, Generation]]:
+        """Samples every row's next token; returns the rows that finished (dropped from
+        the batch) and runs the model for the others."""
+        import torch
+
+        engine = self.engine
+        assert self.logits is not None and self.attention is not None
+        assert self.positions is not None
+        tokens, logprobs = _sample(self.logits, sampling, generator)
+        tok, lp = tokens.cpu().numpy(), logprobs.cpu().numpy()
+        slots = np.asarray([row.slot for row in self.rows], dtype=np.int64)
+        kept = self.checker.step(tok, slots)
+        eos = np.isin(tok, np.asarray(engine.eos_token_ids, dtype=np.int64))
+        engine.row_steps += len(self.rows)
+        engine.tokens_sampled += len(self.rows)
+        finished, running = [], []
+        for i, row in enumerate(self.rows):
+            row.ids.append(int(tok[i]))
+            row.lps.append(float(lp[i]))
+            status = _STOP if kept[i] >= 0 else _EOS if eos[i] else _RUNNING
+            if status == _RUNNING and len(row.ids) < row.request.sampling.max_tokens:
+                running.append(i)
+                continue
+            generation = engine._result(
+                np.asarray(row.ids, dtype=np.int64),
+                np.asarray(row.lps, dtype=np.float32),
+                status,
+                self.checker.stopped(row.slot) if status == _STOP else None,
+                int(kept[i]),
+                row.request.sampling,
+            )
+            finished.append((row.request, generation))
+        if len(running) < len(self.rows):
+            keep = torch.tensor(running, dtype=torch.int64, device=engine.device)
+            if running:
+                self.cache.batch_select_indices(keep)
+            self.attention, self.positions = self.attention[keep], self.positions[keep]
+            tokens = tokens[keep]
+            self.rows = [self.rows[i] for i in running]
+        if not self.rows:
+            self.cache = self.attention = self.positions = self.logits = None
+            return finished
+        self.attention = torch.cat(
+            [self.attention, self.attention.new_ones((len(self.rows), 1))], dim=1
+        )
+        self.positions = self.positions + 1
+        with torch.inference_mode():
+            self.logits = engine.model(
+                input_ids=tokens[:, None],
+                attention_mask=self.attention,
+                position_ids=self.positions,
+                past_key_values=self.cache,
+                use_cache=True,
+            ).logits[:, -1]
+        return finished
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """``tensor`` [B, W] with ``width`` zero columns in front (none if ``width`` <= 0)."""
+    import torch
+
+    if width <= 0:
+        return tensor
+    return torch.cat([tensor.new_zeros((tensor.shape[0], width)), tensor], dim=1)
+
+
+def _merge_caches(cache: Any, new: Any, pad_old: int, pad_new: int) -> None:
+    """Appends ``new``'s rows to ``cache``, left-padding each along the sequence so
+    that both have the same width (the padded positions are masked out)."""
+    import torch
+
+    for layer, other in zip(cache.layers, new.layers, strict=True):
+        for name in ("keys", "values"):
+            a, b = getattr(layer, name), getattr(other, name)
+            a = torch.nn.functional.pad(a, (0, 0, pad_old, 0)) if pad_old else a
+            b = torch.nn.functional.pad(b, (0, 0, pad_new, 0)) if pad_new else b
+            setattr(layer, name, torch.cat([a, b]))
