@@ -279,3 +279,48 @@ def test_a_failing_engine_session_reports_its_error(tiny_model_dir: Path) -> Non
     with pytest.raises(ValueError, match="empty"):
         run_rollouts(engine, Docs(), prompts, ASYNC)
     assert threading.active_count() == before
+
+
+def test_seeded_async_rollouts_draw_the_same_whatever_the_timing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every row draws from noise of its own (seed, step): a search that takes longer
+    changes which requests share the batch, not what anyone samples."""
+    import random as stdlib_random
+
+    class Jittery(Docs):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            self.rng = stdlib_random.Random(seed)
+
+        def search(self, queries: list[str], k: int = 3) -> list[list[Hit]]:
+            time.sleep(self.rng.uniform(0, 0.05))
+            return super().search(queries, k)
+
+    engine = HFEngine.from_pretrained(tiny_model_dir)
+    prompts = tokenize_prompts(engine.tokenizer, ["who founded Riverton"] * 4 + ["who"] * 4)
+    config = RolloutConfig(
+        max_turns=2, max_response_length=12, temperature=1.0, seed=3, mode="async"
+    )
+    runs = [run_rollouts(engine, Jittery(s), prompts, config) for s in (0, 1)]
+    assert runs[0].responses == runs[1].responses
+    assert len(set(runs[0].responses[:4])) > 1  # copies of a prompt still differ
+    lockstep = run_rollouts(engine, Jittery(0), prompts, replace(config, mode="lockstep"))
+    assert lockstep.responses != runs[0].responses  # another draw, as documented
+
+
+def test_seeded_rows_draw_the_same_in_any_batch(tiny_model_dir: Path) -> None:
+    from searchr1.rollout import SamplingConfig
+
+    engine = HFEngine.from_pretrained(tiny_model_dir)
+    tok = engine.tokenizer
+    prompts = [np.asarray(tok.encode(t), dtype=np.int64) for t in ("who", "Riverton was", "x")]
+    sampling = SamplingConfig(max_tokens=10, temperature=1.0, top_k=50, stop=())
+    together = engine.generate(prompts, sampling, seeds=[5, 6, 7])
+    for prompt, seed, generation in zip(prompts, [5, 6, 7], together, strict=True):
+        (alone,) = engine.generate([prompt], sampling, seeds=[seed])
+        assert np.array_equal(alone.token_ids, generation.token_ids)
+    other = engine.generate(prompts, sampling, seeds=[8, 9, 10])
+    assert any(
+        not np.array_equal(a.token_ids, b.token_ids) for a, b in zip(together, other, strict=True)
+    )

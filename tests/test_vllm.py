@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,31 @@ def test_rollouts_on_both_engines(
     np.testing.assert_array_equal(v.batch.input_ids, h.batch.input_ids)
     np.testing.assert_array_equal(v.batch.loss_mask, h.batch.loss_mask)
     assert all(s.turns >= 1 for s in v.stats)
+
+
+def test_async_rollouts_equal_lockstep(
+    vllm_engine: VLLMEngine, hf_engine: HFEngine, tmp_path: Path
+) -> None:
+    """rollout.mode=async on vLLM: greedy, the trajectories of the lockstep loop."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "1", "contents": "\\"Riverton\\"\\nFounded by Alice Marlow."}\n')
+    retriever = Retriever.build(corpus, tmp_path / "index")
+    prompts = tokenize_prompts(hf_engine.tokenizer, QUESTIONS * 2)
+    config = RolloutConfig(max_turns=2, max_response_length=12, temperature=0)
+    lockstep = run_rollouts(vllm_engine, retriever, prompts, config)
+    agent = run_rollouts(vllm_engine, retriever, prompts, replace(config, mode="async"))
+    assert agent.stats == lockstep.stats
+    assert agent.responses == lockstep.responses
+    np.testing.assert_array_equal(agent.batch.input_ids, lockstep.batch.input_ids)
+    np.testing.assert_array_equal(agent.batch.loss_mask, lockstep.batch.loss_mask)
+
+
+def test_copies_of_a_prompt_sample_different_responses(vllm_engine: VLLMEngine) -> None:
+    """A GRPO group: the same prompt n times in one seeded call must not sample the same
+    response n times (vLLM seeds each request's generator); the call is reproducible."""
+    prompts = tokenize_prompts(vllm_engine.tokenizer, QUESTIONS[:1] * 4)
+    sampling = SamplingConfig(max_tokens=16, temperature=1.0, seed=7, stop=())
+    first = [g.token_ids.tolist() for g in vllm_engine.generate(prompts, sampling)]
+    again = [g.token_ids.tolist() for g in vllm_engine.generate(prompts, sampling)]
+    assert len({tuple(ids) for ids in first}) == 4
+    assert first == again

@@ -200,7 +200,9 @@ def train_cmd(
     dynamic sampling and overlong shaping are rl.dynamic_sampling and
     rl.overlong_buffer. rollout.protocol=tool_call has an instruct model call
     the search tool in its chat template's own format instead of Search-R1's
-    <search> tags. See configs/README.md; --print-config shows every field.
+    <search> tags; rollout.mode=async runs each trajectory's turns on its own,
+    without waiting for the batch. See configs/README.md; --print-config shows
+    every field.
 
     \b
     Examples:

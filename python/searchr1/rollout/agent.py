@@ -26,6 +26,7 @@ the batch. An engine error ends the rollout with that error, after the call in f
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections import OrderedDict
@@ -63,14 +64,15 @@ class EngineBatcher:
 
     Requests that differ only in ``max_tokens`` and ``seed`` share a call: it runs to the
     largest ``max_tokens`` and each result is cut to its own (a stop found past it is
-    not a stop: the request ran out of tokens first). The call's seed is its first
-    request's, so which requests share a call decides what sampling draws: seeded
-    async rollouts are not reproducible run to run (greedy ones are).
+    not a stop: the request ran out of tokens first). Each request's seed goes to the
+    engine with it, so a seeded request draws what it would in any other call.
     """
 
     def __init__(self, engine: Engine, max_batch: int | None = None) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        # Engines written before per-request seeds take two arguments.
+        self._takes_seeds = "seeds" in inspect.signature(engine.generate).parameters
         self._waiting: list[_Request] = []
         self._busy = False
         self._task: asyncio.Task[None] | None = None
@@ -110,8 +112,10 @@ class EngineBatcher:
                     batch[0].sampling, max_tokens=max(r.sampling.max_tokens for r in batch)
                 )
                 started = time.perf_counter()
+                seeds = [r.sampling.seed for r in batch if r.sampling.seed is not None]
+                extra = {"seeds": seeds} if self._takes_seeds and len(seeds) == len(batch) else {}
                 generations = await asyncio.to_thread(
-                    self.engine.generate, [r.prompt for r in batch], sampling
+                    self.engine.generate, [r.prompt for r in batch], sampling, **extra
                 )
                 self.busy_seconds += time.perf_counter() - started
                 self.batch_sizes.append(len(batch))
@@ -311,14 +315,20 @@ class _Loop:
     states: list[TrajectoryState] = field(default_factory=list)
 
 
-async def _trajectory(loop: _Loop, state: TrajectoryState) -> None:
-    """One trajectory's turns, to its end; the rules are :class:`TrajectoryState`'s."""
+async def _trajectory(loop: _Loop, index: int, state: TrajectoryState) -> None:
+    """One trajectory's turns, to its end; the rules are :class:`TrajectoryState`'s.
+
+    Each turn has a seed of its own (from ``rollout.seed``, the trajectory's index and
+    the turn), so that a seeded rollout draws the same whatever the timing."""
     config, protocol, tokenizer = loop.config, loop.protocol, loop.tokenizer
     for turn in range(config.max_turns + 1):
         max_tokens = state.start_turn()
         if max_tokens == 0:
             return
         sampling = config.sampling(max_tokens, turn, protocol.stops)
+        if config.seed is not None:
+            seed = (config.seed * 1_000_003 + index) * (config.max_turns + 1) + turn
+            sampling = replace(sampling, seed=seed % (1 << 62))
         ids = state.add_turn(await loop.engine.generate(state.context(), sampling))
         text = tokenizer.decode(ids, skip_special_tokens=protocol.skip_special_tokens)
         action = state.act(protocol.parse(text), turn == config.max_turns)
@@ -336,8 +346,8 @@ async def _trajectory(loop: _Loop, state: TrajectoryState) -> None:
 async def _rollouts(loop: _Loop) -> None:
     try:
         async with asyncio.TaskGroup() as group:
-            for state in loop.states:
-                group.create_task(_trajectory(loop, state))
+            for index, state in enumerate(loop.states):
+                group.create_task(_trajectory(loop, index, state))
     except BaseExceptionGroup as errors:
         # The first failure is the one to report (the others are its consequences).
         raise errors.exceptions[0] from None

@@ -109,9 +109,14 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+        self,
+        prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
-        """One :class:`Generation` per prompt, in order."""
+        """One :class:`Generation` per prompt, in order. ``seeds``: one per prompt, so
+        that each draws what it would in any other batch (else ``sampling.seed`` seeds
+        the call)."""
         ...
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -142,17 +142,28 @@ class HFEngine:
                 params[name].copy_(tensor)
 
     def generate(
-        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+        self,
+        prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
-        """One :class:`Generation` per prompt; see :class:`~searchr1.rollout.Engine`."""
+        """One :class:`Generation` per prompt; see :class:`~searchr1.rollout.Engine`.
+
+        ``seeds``: one per prompt, so that each row draws what it would alone (else the
+        batch draws from one generator seeded with ``sampling.seed``).
+        """
         size = self.max_batch_size or max(len(prompts), 1)
         out: list[Generation] = []
         for start in range(0, len(prompts), size):
-            out.extend(self._generate(prompts[start : start + size], sampling))
+            part = None if seeds is None else seeds[start : start + size]
+            out.extend(self._generate(prompts[start : start + size], sampling, part))
         return out
 
     def _generate(
-        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+        self,
+        prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None,
     ) -> list[Generation]:
         import torch
         from transformers import DynamicCache
@@ -180,6 +191,11 @@ class HFEngine:
         if sampling.seed is not None:
             generator = torch.Generator(device=device).manual_seed(sampling.seed)
         eos = torch.tensor(self.eos_token_ids, dtype=torch.int64)
+        row_seeds = None
+        if seeds is not None:
+            if len(seeds) != n:
+                raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+            row_seeds = torch.tensor(list(seeds), dtype=torch.int64, device=device)
 
         max_tokens = sampling.max_tokens
         out_ids = np.zeros((n, max_tokens), dtype=np.int64)
@@ -201,7 +217,12 @@ class HFEngine:
             ).logits[:, -1]
             positions = positions[:, -1:]
             for step in range(max_tokens):
-                tokens, logprobs = _sample(logits, sampling, generator)
+                if row_seeds is not None:
+                    seeds_now = row_seeds[torch.from_numpy(rows).to(device)]
+                    steps_now = torch.full_like(seeds_now, step)
+                    tokens, logprobs = _sample(logits, sampling, None, seeds_now, steps_now)
+                else:
+                    tokens, logprobs = _sample(logits, sampling, generator)
                 tok = tokens.cpu().numpy()
                 live = status[rows] == _RUNNING
                 live_rows = rows[live]
@@ -271,12 +292,11 @@ class HFEngine:
         back at once (``requests.deliver``) and leaves the batch, and requests that
         arrived meanwhile are prefilled and join it, their KV cache left-padded to the
         batch's width. All requests must share their sampling settings but
-        ``max_tokens`` and ``seed``; the first request's seed seeds the whole session.
+        ``max_tokens`` and ``seed``. Each row draws from noise of its own seed (a random
+        one when the request has none), so a seeded request samples what it would alone,
+        whichever requests share the batch.
         """
-        import torch
-
         batch = _Batch(self)
-        generator: torch.Generator | None = None
         shared: SamplingConfig | None = None
         while True:
             new = requests.take(block=not batch.rows)
@@ -287,25 +307,29 @@ class HFEngine:
                 shared = shared or key
                 if key != shared:
                     raise ValueError("requests of one session must share their sampling")
-                if generator is None and request.sampling.seed is not None:
-                    generator = torch.Generator(device=self.device)
-                    generator.manual_seed(request.sampling.seed)
             started = time.perf_counter()
             if new:
                 batch.admit(new)
-            finished = batch.step(shared, generator) if batch.rows and shared else []
+            finished = batch.step(shared) if batch.rows and shared else []
             self.serve_seconds += time.perf_counter() - started
             for request, generation in finished:
                 requests.deliver(request, generation)
 
 
 def _sample(
-    logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+    logits: torch.Tensor,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    seeds: torch.Tensor | None = None,
+    steps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples one token per row: ``[n, V]`` logits in; ``[n]`` ids and log-probs out.
 
     The log-prob is under the distribution sampled from: temperature-scaled, then
-    restricted by top-k and top-p (greedy: the model's own distribution).
+    restricted by top-k and top-p (greedy: the model's own distribution). With
+    ``seeds`` and ``steps`` (int64 ``[n]``), row ``i`` draws from noise that is a
+    function of ``(seeds[i], steps[i])`` alone (see :func:`_row_noise`), so what a row
+    samples does not depend on the other rows of its batch; else from ``generator``.
     """
     import torch
 
@@ -327,17 +351,43 @@ def _sample(
         drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= sampling.top_p
         drop[:, 0] = False
         filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(filtered, dim=-1)
-    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if seeds is not None and steps is not None:
+        # Gumbel-max: the argmax of logits plus Gumbel noise is a draw from their softmax.
+        gumbel = -torch.log(-torch.log(_row_noise(seeds, steps, filtered.shape[-1])))
+        tokens = (filtered + gumbel.to(filtered.dtype)).argmax(dim=-1)
+    else:
+        probs = torch.softmax(filtered, dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
     if filtered is not scaled:  # top-k or top-p removed tokens: renormalised log-probs
         logprobs = torch.log_softmax(filtered, dim=-1)
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+# SplitMix64's constants, as signed int64 (torch's integer products wrap around).
+_GOLDEN, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def _row_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1), ``[n, vocab]`` float64: SplitMix64 of a counter unique to
+    each (seed, step, token), computed where the logits are."""
+    import torch
+
+    def shift(z: torch.Tensor, k: int) -> torch.Tensor:  # logical, not arithmetic
+        return (z >> k) & ((1 << (64 - k)) - 1)
+
+    tokens = torch.arange(vocab, dtype=torch.int64, device=seeds.device)
+    z = ((seeds * 1_000_003 + steps)[:, None] * vocab + tokens) * _GOLDEN
+    z = (z ^ shift(z, 30)) * _MIX1
+    z = (z ^ shift(z, 27)) * _MIX2
+    z = z ^ shift(z, 31)
+    return (shift(z, 11).double() + 0.5) / float(1 << 53)
 
 
 @dataclass
 class _Row:
     request: Request
     slot: int
+    seed: int
     ids: list[int] = field(default_factory=list)
     lps: list[float] = field(default_factory=list)
 
@@ -390,7 +440,10 @@ class _Batch:
             ).logits[:, -1]
         if self.slots + len(requests) > self.checker.batch_size:
             raise RuntimeError("too many requests in one session for the stop checker")
-        rows = [_Row(r, self.slots + i) for i, r in enumerate(requests)]
+        rows = [
+            _Row(r, self.slots + i, _random_seed() if r.sampling.seed is None else r.sampling.seed)
+            for i, r in enumerate(requests)
+        ]
         self.slots += len(requests)
         if not self.rows:
             self.cache, self.attention, self.logits = cache, attention, logits
@@ -407,9 +460,7 @@ class _Batch:
             self.logits = torch.cat([self.logits, logits])
         self.rows += rows
 
-    def step(
-        self, sampling: SamplingConfig, generator: torch.Generator | None
-    ) -> list[tuple[Request, Generation]]:
+    def step(self, sampling: SamplingConfig) -> list[tuple[Request, Generation]]:
         """Samples every row's next token; returns the rows that finished (dropped from
         the batch) and runs the model for the others."""
         import torch
@@ -417,7 +468,9 @@ class _Batch:
         engine = self.engine
         assert self.logits is not None and self.attention is not None
         assert self.positions is not None
-        tokens, logprobs = _sample(self.logits, sampling, generator)
+        seeds = torch.tensor([row.seed for row in self.rows], device=engine.device)
+        steps = torch.tensor([len(row.ids) for row in self.rows], device=engine.device)
+        tokens, logprobs = _sample(self.logits, sampling, None, seeds, steps)
         tok, lp = tokens.cpu().numpy(), logprobs.cpu().numpy()
         slots = np.asarray([row.slot for row in self.rows], dtype=np.int64)
         kept = self.checker.step(tok, slots)
@@ -464,6 +517,12 @@ class _Batch:
                 use_cache=True,
             ).logits[:, -1]
         return finished
+
+
+def _random_seed() -> int:
+    import torch
+
+    return int(torch.randint(0, 1 << 62, (1,)).item())
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

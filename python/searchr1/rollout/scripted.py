@@ -57,9 +57,13 @@ class ScriptedEngine:
         """Nothing to take back."""
 
     def generate(
-        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+        self,
+        prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
-        """Runs the script on each decoded prompt; cuts at the budget and the stops."""
+        """Runs the script on each decoded prompt; cuts at the budget and the stops (a
+        script draws nothing: ``seeds`` change nothing)."""
         self.calls.append(len(prompts))
         contexts = self._tokenizer.batch_decode(
             [list(map(int, p)) for p in prompts], skip_special_tokens=False

@@ -87,27 +87,43 @@ class VLLMEngine:
         return self._tokenizer
 
     def generate(
-        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]], sampling: SamplingConfig
+        self,
+        prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
-        """One :class:`Generation` per prompt; see :class:`~searchr1.rollout.Engine`."""
+        """One :class:`Generation` per prompt; see :class:`~searchr1.rollout.Engine`.
+
+        Prompt ``i`` is seeded with ``seeds[i]``, else (a seeded call) with
+        ``sampling.seed + i``: vLLM gives each seeded request a generator of its own,
+        so one seed for all would sample the same response for every copy of a prompt
+        (a GRPO group).
+        """
+        if seeds is None and sampling.seed is not None:
+            seeds = [sampling.seed + i for i in range(len(prompts))]
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if self.sleeping:
             raise RuntimeError("the engine is asleep; call wake() before generate()")
-        params = SamplingParams(
-            n=1,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else 0,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            stop=list(sampling.stop),
-            include_stop_str_in_output=True,
-            logprobs=0,
-            flat_logprobs=True,
-            skip_special_tokens=False,
-        )
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                max_tokens=sampling.max_tokens,
+                seed=None if seeds is None else int(seeds[i]),
+                stop=list(sampling.stop),
+                include_stop_str_in_output=True,
+                logprobs=0,
+                flat_logprobs=True,
+                skip_special_tokens=False,
+            )
+            for i in range(len(prompts))
+        ]
         inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         results = []
