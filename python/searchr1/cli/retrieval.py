@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -69,7 +70,22 @@ def _core_option(name: str, *decls: str, help: str, **kwargs: Any) -> Callable[[
     type=click.Path(path_type=Path),
     help="transformers model directory (recorded by its absolute path), or the name of a "
     "model in the local Hugging Face cache: also build dense vectors (e.g. e5-base-v2). "
-    "Nothing is downloaded.",
+    "Nothing is downloaded. With --import-faiss: the model that made the imported "
+    "vectors, which queries will be encoded with (it need not be at hand to import) "
+    "[default there: intfloat/e5-base-v2, with its 'query: ' prefix and mean pooling].",
+)
+@click.option(
+    "--import-faiss",
+    type=EXISTING_FILE,
+    metavar="FILE",
+    help="Take the dense vectors from this faiss index file instead of encoding the "
+    "passages (Search-R1's e5_Flat.index, say): an IndexFlatIP, an IndexFlatL2, or the "
+    "vectors an IndexHNSWFlat stores (its graph is not read). Vector i must be passage i "
+    "of --corpus; the counts, dimensions, type and length of the file are checked before "
+    "anything is built. The file is streamed, never held in memory. Dense search ranks by "
+    "inner product: an IndexFlatL2 must hold vectors of one length (normalised ones), "
+    "whose inner products rank as their L2 distances do; otherwise the import stops "
+    "rather than change the rankings. Hit scores are inner products, not distances.",
 )
 @_core_option(
     "dtype",
@@ -88,7 +104,26 @@ def _core_option(name: str, *decls: str, help: str, **kwargs: Any) -> Callable[[
     "is a quarter of f32's memory to walk, scored in integers.",
 )
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
-@click.option("--device", help="Encoder device (cpu, cuda) [default: cuda when present].")
+@click.option(
+    "--device",
+    help="Encoder device (cpu, cuda) [default: cuda when present; under torchrun, each "
+    "rank's cuda:LOCAL_RANK].",
+)
+@click.option(
+    "--encoder-dtype",
+    type=click.Choice(ENCODER_DTYPES),
+    help="What the passage encoder computes in [default: bfloat16 on a GPU, float32 on a CPU].",
+)
+@click.option(
+    "--devices",
+    metavar="LIST",
+    help="Encode on several devices at once, one process each: cuda:0,cuda:1 (or 4 for "
+    "the first four GPUs; cpu,cpu works too). Under torchrun there is no need: each rank "
+    "encodes a share on its own GPU. Ranks write shards into OUT.shards/, which are "
+    "committed into the index in corpus order at the end; after a crash the same command "
+    "encodes only the shards that are missing. The progress bar shows the rate and the "
+    "time left over all ranks.",
+)
 @_core_option("k1", "--k1", type=float, help="BM25 term-frequency saturation.")
 @_core_option("b", "--b", type=float, help="BM25 length normalisation.")
 @_core_option("stem", "--stem/--no-stem", help="Porter2 stemming.")
@@ -108,7 +143,9 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
     numbers are read as their text). Scores follow Lucene's BM25 with pyserini's
     defaults; equal scores rank in corpus order. With --dense-model, passages are also
     encoded (mean or CLS pooling, e5 prefixes when the model is an e5) and searched
-    exactly by inner product, or through an HNSW graph with --hnsw.
+    exactly by inner product, or through an HNSW graph with --hnsw. With --import-faiss
+    the vectors come from a faiss index instead (see docs/wikipedia.md for Search-R1's
+    wiki-18 corpus and e5 index).
 
     The manifest, written after each stage with checksums of the files, says whether
     the build finished: an index killed mid-build does not open, and --overwrite
@@ -120,6 +157,8 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
       searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18
       searchr1 index --corpus wiki-18.jsonl.gz --out indexes/wiki-18-e5 \\
         --dense-model models/e5-base-v2 --dtype f16 --hnsw
+      searchr1 index --corpus wiki-18.jsonl --out indexes/wiki-18-e5 \\
+        --import-faiss e5_Flat.index --dense-model models/e5-base-v2 --dtype f16
     """
     from searchr1.retrieval import Retriever
 
@@ -128,6 +167,8 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
         retriever = Retriever.build(
             corpus, out, progress=not quiet and sys.stderr.isatty(), **options
         )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports for all
     info = retriever.manifest["corpus"]
     seconds = time.perf_counter() - started
     skipped = f", {info['skipped_lines']} bad lines skipped" if info["skipped_lines"] else ""
@@ -149,7 +190,12 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
     type=click.Choice(MODES),
     help="BM25, dense (exact inner product), or hybrid (reciprocal rank fusion).",
 )
-@click.option("--device", help="Encoder device for dense and hybrid search.")
+@click.option(
+    "--device",
+    help="Device of the query encoder for dense and hybrid search. A CUDA device "
+    "(cuda, cuda:1, or a list such as cuda:0,cuda:1) also searches the vectors there, "
+    "exactly, as f16 matmuls ('cuda' spreads them over as many GPUs as they need).",
+)
 @click.option(
     "--encoder-dtype",
     type=click.Choice(ENCODER_DTYPES),

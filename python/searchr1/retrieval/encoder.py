@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,6 +106,10 @@ class EncoderConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+#: The settings an index's manifest records for its encoder (it may record more).
+ENCODER_FIELDS = frozenset(f.name for f in fields(EncoderConfig))
 
 
 class Encoder:

@@ -11,11 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from searchr1 import _core
 from searchr1.errors import IndexFormatError, InputError
 
 if TYPE_CHECKING:
-    from searchr1.retrieval.encoder import Encoder
+    from searchr1.retrieval.encoder import Encoder, EncoderConfig
+    from searchr1.retrieval.faiss_import import FaissVectors
+    from searchr1.retrieval.torch_search import TorchSearch
 
 __all__ = ["MODES", "Hit", "Retriever", "Verified", "verify"]
 
@@ -23,6 +28,8 @@ __all__ = ["MODES", "Hit", "Retriever", "Verified", "verify"]
 MODES = ("bm25", "dense", "hybrid")
 #: How dense vectors may be stored (and walked by HNSW).
 VECTOR_DTYPES = ("f32", "f16", "i8")
+#: What may run dense search: the Rust core on the CPU, or torch matmuls on a device.
+DENSE_SEARCH = ("rust", "torch")
 #: The constant of reciprocal rank fusion: score = sum of weight / (RRF_K + rank).
 RRF_K = 60
 
@@ -75,6 +82,7 @@ class Retriever:
         cache_size: int = 0,
         mode: str = "bm25",
         encoder_dtype: str | None = None,
+        dense_search: str | None = None,
     ) -> None:
         self._index = index
         #: The mode of a search that names none (see :meth:`search`).
@@ -85,6 +93,10 @@ class Retriever:
         self._encoder_dtype = encoder_dtype
         self._encoder: Encoder | None = None
         self._encoder_lock = threading.Lock()
+        #: What runs dense search: "rust" (the core, on the CPU) or "torch" (on ``device``).
+        self.dense_search = _dense_search(dense_search, device)
+        self._torch: TorchSearch | None = None
+        self._torch_lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, int, str], list[Hit]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.cache_size = cache_size
@@ -97,6 +109,7 @@ class Retriever:
         *,
         bm25: bool = True,
         dense_model: str | Path | None = None,
+        import_faiss: str | Path | None = None,
         k1: float | None = None,
         b: float | None = None,
         stem: bool | None = None,
@@ -112,6 +125,8 @@ class Retriever:
         passage_prefix: str | None = None,
         batch_size: int = 64,
         device: str | None = None,
+        encoder_dtype: str | None = None,
+        devices: str | Sequence[str] | None = None,
         threads: int | None = None,
         memory_mb: int | None = None,
         skip_bad: bool = False,
@@ -148,18 +163,89 @@ class Retriever:
         links per node, ``ef_construction`` / ``ef_search`` candidate lists) that dense
         search then uses. ``progress`` draws
         bars on standard error (default: when it is a terminal).
+
+        ``import_faiss`` takes the dense vectors from a faiss index file instead of
+        encoding the passages (IndexFlatIP, IndexFlatL2, or the vectors an
+        IndexHNSWFlat stores; its graph is not read): vector i must be passage i of
+        the corpus. The file is streamed, never held in memory. Its type, length,
+        vector count against the corpus and dimensions against the encoder are
+        checked before anything is built (:class:`~searchr1.errors.InputError` names
+        the file). ``dense_model`` then names the encoder that made the vectors, which
+        queries will be encoded with; it need not be at hand to import (default:
+        e5-base-v2 from the local Hugging Face cache, with its "query: " prefix, mean
+        pooling and normalised vectors, as Search-R1's e5 index). Dense search ranks
+        by inner product: an IndexFlatL2's vectors must all have the same length
+        (normalised ones do), for then that ranks as the L2 distance does, else the
+        import fails; hit scores are inner products, not distances.
+
+        Encoding runs on ``device`` (default: a GPU when there is one) in
+        ``encoder_dtype`` (default: bfloat16 on a GPU), or in parallel: under
+        ``torchrun`` each rank encodes a share of the corpus on its own GPU (or on
+        ``device``), and with ``devices`` (``"cuda:0,cuda:1"``, ``"4"`` for the first
+        four GPUs, ``"cpu,cpu"``) this process starts one rank per device. Ranks write
+        their vectors as shards in ``OUT.shards/``; then rank 0 (or this process)
+        builds the index and commits the shards into it, in corpus order, and removes
+        them. Run again after a crash, the same build encodes only the shards that were
+        not finished (see :mod:`~searchr1.retrieval.sharded`). The vectors are those of
+        one process.
         """
-        if not bm25 and dense_model is None:
-            raise InputError("nothing to build: enable bm25 or give a dense_model")
-        if hnsw and dense_model is None:
-            raise InputError("hnsw=True needs a dense_model to encode the passages with")
-        if dense_model is not None:
+        if not bm25 and dense_model is None and import_faiss is None:
+            raise InputError(
+                "nothing to build: enable bm25, or give a dense_model or a faiss index to import"
+            )
+        if hnsw and dense_model is None and import_faiss is None:
+            raise InputError(
+                "hnsw=True needs dense vectors: a dense_model to encode the passages with, "
+                "or a faiss index to import"
+            )
+        if devices is not None and (dense_model is None or import_faiss is not None):
+            raise InputError(
+                "devices encode the passages: give a dense_model, and no faiss index to import"
+            )
+        overrides = {
+            "pooling": pooling,
+            "query_prefix": query_prefix,
+            "passage_prefix": passage_prefix,
+        }
+        faiss = None
+        if import_faiss is not None:
+            from searchr1.retrieval import faiss_import
+
+            encoder = faiss_import.import_encoder(
+                dense_model, **{k: v for k, v in overrides.items() if v is not None}
+            )
+            # The file's type, length and counts fail before the passages are indexed.
+            faiss = faiss_import.check_import(import_faiss, Path(corpus), encoder, skip_bad)
+        elif dense_model is not None:
             from searchr1.retrieval.encoder import locate_model
 
             locate_model(dense_model)  # a missing model directory fails before any work
         if progress is None:
             progress = sys.stderr.isatty()
         out = Path(out)
+        parallel = None
+        if dense_model is not None and faiss is None:
+            from searchr1.retrieval import sharded
+            from searchr1.retrieval.encoder import EncoderConfig
+
+            parallel = sharded.start(
+                Path(corpus),
+                out,
+                EncoderConfig.for_model(
+                    dense_model, **{k: v for k, v in overrides.items() if v is not None}
+                ),
+                encoder_dtype=encoder_dtype,
+                batch_size=batch_size,
+                skip_bad=skip_bad,
+                dtype=dtype,
+                device=device,
+                devices=devices,
+                progress=progress,
+                overwrite=overwrite,
+            )
+            if parallel is not None and not parallel.commits:
+                parallel.wait_for_commit()  # rank 0 builds the index; the others open it
+                return cls.open(out, device=device)
         builder = _core.IndexBuilder(
             Path(corpus),
             out,
@@ -175,12 +261,11 @@ class Retriever:
             overwrite=overwrite,
         )
         try:
-            if dense_model is not None:
-                overrides = {
-                    "pooling": pooling,
-                    "query_prefix": query_prefix,
-                    "passage_prefix": passage_prefix,
-                }
+            if faiss is not None:
+                cls._import_dense(builder, Path(corpus), out, faiss, encoder, dtype, progress)
+            elif parallel is not None:
+                parallel.shards.commit(builder, out, dtype)
+            elif dense_model is not None:
                 passages = json.loads(builder.manifest)["corpus"]["passages"]
                 cls._build_dense(
                     builder,
@@ -191,24 +276,50 @@ class Retriever:
                     dtype,
                     batch_size,
                     device,
+                    encoder_dtype,
                     skip_bad,
                     progress,
                     overrides,
                 )
-                if hnsw:
-                    builder.add_hnsw(
-                        dtype=hnsw_dtype,
-                        connectivity=connectivity,
-                        expansion_add=ef_construction,
-                        expansion_search=ef_search,
-                        threads=threads,
-                        progress=progress,
-                    )
+            if hnsw:
+                builder.add_hnsw(
+                    dtype=hnsw_dtype,
+                    connectivity=connectivity,
+                    expansion_add=ef_construction,
+                    expansion_search=ef_search,
+                    threads=threads,
+                    progress=progress,
+                )
             builder.finish()
+            if parallel is not None:
+                parallel.committed()
         except BaseException:
             builder.abort()
             raise
         return cls.open(out, device=device)
+
+    @staticmethod
+    def _import_dense(
+        builder: _core.IndexBuilder,
+        corpus: Path,
+        out: Path,
+        vectors: FaissVectors,
+        encoder: EncoderConfig,
+        dtype: str | None,
+        progress: bool,
+    ) -> None:
+        from searchr1.retrieval import faiss_import
+
+        passages = json.loads(builder.manifest)["corpus"]["passages"]
+        if passages != vectors.rows:
+            raise InputError(
+                f"{vectors.path} holds {vectors.rows:,} vectors but {corpus} has "
+                f"{passages:,} passages: row i of the faiss index must be the vector of "
+                "passage i of the corpus"
+            )
+        writer = _core.DenseWriter(out / "dense", vectors.dim, dtype)
+        rows = faiss_import.copy_vectors(vectors, writer, progress)
+        builder.add_dense(vectors.dim, dtype, rows, faiss_import.record(encoder, vectors))
 
     @staticmethod
     def _build_dense(
@@ -220,6 +331,7 @@ class Retriever:
         dtype: str | None,
         batch_size: int,
         device: str | None,
+        encoder_dtype: str | None,
         skip_bad: bool,
         progress: bool,
         overrides: dict[str, str | None],
@@ -229,7 +341,7 @@ class Retriever:
         config = EncoderConfig.for_model(
             model, **{k: v for k, v in overrides.items() if v is not None}
         )
-        encoder = Encoder(config, device=device, batch_size=batch_size)
+        encoder = Encoder(config, device=device, dtype=encoder_dtype, batch_size=batch_size)
         writer = _core.DenseWriter(out / "dense", encoder.dim, dtype)
         bar = None
         if progress:
@@ -253,6 +365,7 @@ class Retriever:
         cache_size: int = 0,
         mode: str = "bm25",
         encoder_dtype: str | None = None,
+        dense_search: str | None = None,
     ) -> Retriever:
         """Opens the index directory ``path`` (memory-mapped; fast for any size).
 
@@ -264,6 +377,13 @@ class Retriever:
         ``encoder_dtype`` (see :class:`~searchr1.retrieval.encoder.Encoder`). ``cache_size`` keeps
         the results of that many recent (query, k, mode) in an LRU cache. ``mode`` is
         the mode of searches that name none, such as those of a rollout.
+
+        ``dense_search`` says what searches the vectors: "rust" (the core, on the CPU:
+        exact, or through the HNSW graph) or "torch" (exact, as matmuls over an f16
+        copy of the vectors on ``device``, made at the first dense search; "cuda"
+        spreads it over as many GPUs as it needs; see
+        :mod:`~searchr1.retrieval.torch_search`). Default: "torch" when ``device`` is a
+        CUDA device, else "rust".
         """
         path = Path(path)
         return cls(
@@ -273,6 +393,7 @@ class Retriever:
             cache_size=cache_size,
             mode=mode,
             encoder_dtype=encoder_dtype,
+            dense_search=dense_search,
         )
 
     @property
@@ -306,7 +427,7 @@ class Retriever:
         return encoder
 
     def _load_encoder(self) -> Encoder:
-        from searchr1.retrieval.encoder import Encoder, EncoderConfig, locate_model
+        from searchr1.retrieval.encoder import ENCODER_FIELDS, Encoder, EncoderConfig, locate_model
 
         dense = self.manifest.get("dense")
         if not dense:
@@ -314,9 +435,14 @@ class Retriever:
         recorded = dense["encoder"]["model"]
         # A relative model path (from an index built before paths were stored absolute)
         # is read relative to the index, never to the working directory or the Hub.
-        config = EncoderConfig(**{**dense["encoder"], "model": locate_model(recorded, self.path)})
+        # Keys beyond the encoder's settings (where imported vectors came from) are kept
+        # for people reading the manifest.
+        settings = {k: v for k, v in dense["encoder"].items() if k in ENCODER_FIELDS}
+        config = EncoderConfig(**{**settings, "model": locate_model(recorded, self.path)})
         try:
-            encoder = Encoder(config, device=self._device, dtype=self._encoder_dtype)
+            # A list of devices for the torch search has the encoder on the first.
+            device = self._device.split(",")[0] if self._device else None
+            encoder = Encoder(config, device=device, dtype=self._encoder_dtype)
         except InputError as e:
             raise InputError(f"{e} (the encoder of {self.path / 'manifest.json'})") from e
         if encoder.dim != dense["dim"]:
@@ -370,6 +496,29 @@ class Retriever:
                 self._cache.popitem(last=False)
         return [known[q] for q in queries]
 
+    def search_vectors(
+        self, vectors: npt.ArrayLike, k: int = 3, exact: bool = False
+    ) -> list[list[Hit]]:
+        """The best ``k`` passages for each query vector (``[n, dim]``, made as the
+        index's passage vectors were: for e5, a "query: " prefix and normalised), best
+        first by inner product, as :meth:`search` in dense mode does after encoding;
+        for people who encode their queries themselves, as faiss users do."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise InputError(f"k must be a non-negative integer, got {k!r}")
+        if "dense" not in self.modes:
+            raise InputError(f"{self.path} has no dense vectors to search")
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        dim = self.manifest["dense"]["dim"]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise InputError(
+                f"query vectors must have shape [n, {dim}] (the index's dimensions), "
+                f"not {list(queries.shape)}"
+            )
+        if not np.isfinite(queries).all():
+            raise InputError("query vectors must be finite (a NaN or an infinity was given)")
+        rows = self._dense(queries, k, exact)
+        return [[Hit(i, s, c) for i, s, c in row] for row in rows]
+
     def _search(
         self, queries: list[str], k: int, mode: str, weights: tuple[float, float], exact: bool
     ) -> list[list[Hit]]:
@@ -378,13 +527,43 @@ class Retriever:
         if mode == "bm25":
             rows = self._index.search_bm25(queries, k)
         elif mode == "dense":
-            rows = self._index.search_dense(self.encoder.encode(queries), k, exact)
+            rows = self._dense(self.encoder.encode(queries), k, exact)
         else:
             depth = max(5 * k, 50)
             sparse = self._index.search_bm25(queries, depth)
-            dense = self._index.search_dense(self.encoder.encode(queries), depth, exact)
+            dense = self._dense(self.encoder.encode(queries), depth, exact)
             return [_fuse([s, d], weights, k) for s, d in zip(sparse, dense, strict=True)]
         return [[Hit(i, s, c) for i, s, c in row] for row in rows]
+
+    def _dense(
+        self, queries: npt.NDArray[np.float32], k: int, exact: bool
+    ) -> list[list[tuple[str, float, str]]]:
+        """``(id, score, contents)`` of the best ``k`` per query vector, by the Rust core
+        or torch (which is always exact)."""
+        if self.dense_search == "rust":
+            return self._index.search_dense(queries, k, exact)
+        torch_search = self._torch_search()
+        rows, scores = torch_search.search(queries, k)
+        found = []
+        for query_rows, query_scores in zip(rows, scores, strict=True):
+            hits = []
+            for row, score in zip(query_rows, query_scores, strict=True):
+                pid, contents = torch_search.passages[int(row)]
+                hits.append((pid, float(score), contents))
+            found.append(hits)
+        return found
+
+    def _torch_search(self) -> TorchSearch:
+        """The torch search, its vectors copied onto the device at the first call."""
+        found = self._torch
+        if found is None:
+            with self._torch_lock:
+                if self._torch is None:
+                    from searchr1.retrieval.torch_search import TorchSearch
+
+                    self._torch = TorchSearch.open(self.path, self.manifest, self._device)
+                found = self._torch
+        return found
 
 
 @dataclass(frozen=True)
@@ -406,6 +585,15 @@ def verify(path: str | Path) -> Verified:
     listed in ``problems``. An index built before checksums has none recorded."""
     files, nbytes, recorded, problems = _core.verify_index(Path(path))
     return Verified(files, nbytes, recorded, problems)
+
+
+def _dense_search(choice: str | None, device: str | None) -> str:
+    """What runs dense search: ``choice``, or by default torch on a CUDA device."""
+    if choice is None:
+        return "torch" if device is not None and device.startswith("cuda") else "rust"
+    if choice not in DENSE_SEARCH:
+        raise InputError(f"dense_search must be one of {', '.join(DENSE_SEARCH)}, not {choice!r}")
+    return choice
 
 
 def _fuse(

@@ -82,7 +82,14 @@ class ServerConfig:
         metadata={"help": "bm25, dense or hybrid [default: bm25 if the index has it, else dense]."},
     )
     device: str | None = field(
-        default=None, metadata={"help": "Encoder device for dense and hybrid mode (cpu, cuda)."}
+        default=None,
+        metadata={
+            "help": "Device of the query encoder for dense and hybrid mode (cpu, cuda). A "
+            "CUDA device also searches the vectors: exactly, as torch matmuls over an f16 "
+            "copy loaded at start-up ('cuda' spreads it over as many GPUs as it needs; "
+            "cuda:0,cuda:1 lists them), instead of the Rust search on the CPU "
+            "[default: the encoder on cuda when present, the search on the CPU]."
+        },
     )
     encoder_dtype: str | None = field(
         default=None,
