@@ -1,4 +1,4 @@
-"""The toy kit's commands: world, init-model, sft, and demo."""
+"""The toy kit's commands: world, init-model, sft, demo, and study."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from searchr1.cli._common import (
 )
 from searchr1.rollout.protocol import PROTOCOLS
 from searchr1.toy.models import TinyModelConfig
+from searchr1.toy.study import ARMS
 from searchr1.toy.warmstart import WarmStartConfig
 from searchr1.toy.world import WorldConfig
 
@@ -284,4 +285,82 @@ def demo_cmd(
         demo.run_demo(config, log=click.echo)
 
 
-COMMANDS = (world_cmd, init_model_cmd, sft_cmd, demo_cmd)
+@click.command("study")
+@click.option("--out", default="runs/study", show_default=True, help="Directory for everything.")
+@click.option(
+    "--seed",
+    "seeds",
+    multiple=True,
+    type=int,
+    help="A seed: its own world and warm start, shared by every arm (repeatable) [default: 0 1 2].",
+)
+@click.option(
+    "--arm",
+    "arms",
+    multiple=True,
+    type=click.Choice(tuple(ARMS)),
+    help="An arm to run (repeatable) [default: all].",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A smoke run of about 1.5 minutes: the first seed, a small world, a short warm "
+    "start, 4 RL steps per arm, 40 held-out questions.",
+)
+@click.option(
+    "--rl-steps", type=click.IntRange(1), help="RL steps per arm [default: configs/toy.yaml's]."
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(0),
+    help="Held-out EM every N RL steps, for the plot (0: never) [default: 20; --quick: 4].",
+)
+@overrides_option("Change one field of every RL arm's run config (configs/toy.yaml; repeatable).")
+def study_cmd(
+    out: str,
+    seeds: tuple[int, ...],
+    arms: tuple[str, ...],
+    quick: bool,
+    rl_steps: int | None,
+    eval_every: int | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """The Search-R1 paper's comparisons, reproduced on the toy world.
+
+    Per seed, one world and warm start (the demo's, built once) and these arms, each
+    scored on the held-out questions: direct (no retrieval), RAG (the question's
+    passages in the prompt; top-k as search, and top-3), the warm start with search,
+    and four RL runs: Search-R1 (GRPO with the retrieved-token mask), GRPO without the
+    mask, PPO with the mask, and GRPO from the copy-pretrained model without the warm
+    start. Writes the table (study.md), every number (study.json) and the training
+    curves (training.png) to --out; a re-run reuses every arm already done with the
+    same settings. The full study (3 seeds, 120 steps) takes about three hours on 2
+    cores (docs/study.md).
+    """
+    from searchr1.toy import study
+
+    with usage_errors():
+        config = study.StudyConfig(out=out)
+        if quick:
+            config = study.quick(config)
+        config = replace(
+            config,
+            seeds=seeds or config.seeds,
+            arms=arms or config.arms,
+            eval_every=config.eval_every if eval_every is None else eval_every,
+            demo=replace(
+                config.demo,
+                train_overrides=(
+                    *config.demo.train_overrides,
+                    *overrides,
+                    *([f"run.total_steps={rl_steps}"] if rl_steps else []),
+                ),
+            ),
+        )
+    if quick and len(config.seeds) > 1:
+        raise click.UsageError("--quick runs one seed: give at most one --seed")
+    with user_errors(), usage_errors():
+        study.run_study(config, log=click.echo)
+
+
+COMMANDS = (world_cmd, init_model_cmd, sft_cmd, demo_cmd, study_cmd)

@@ -23,7 +23,16 @@ from searchr1.config import TrainConfig
 from searchr1.toy.models import TinyModelConfig, init_model
 from searchr1.toy.warmstart import WarmStartConfig, stage, warm_start_model
 
-__all__ = ["TOY_CONFIG", "DemoConfig", "comparison", "quick", "run_demo", "train_config"]
+__all__ = [
+    "TOY_CONFIG",
+    "DemoConfig",
+    "Prepared",
+    "comparison",
+    "prepare",
+    "quick",
+    "run_demo",
+    "train_config",
+]
 
 
 #: The demo's RL settings: the toy config shipped with the package (configs/toy.yaml).
@@ -68,22 +77,37 @@ def train_config(config: DemoConfig, paths: dict[str, Path]) -> TrainConfig:
     return TrainConfig.from_dict(raw, config.train_config).override(config.train_overrides)
 
 
-def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs every stage; returns the before/after metrics (also in ``out/demo.json``)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass
+class Prepared:
+    """What :func:`prepare` built under ``config.out``: the world, its index and the
+    models RL starts from."""
 
-    from searchr1.data import load_qa
-    from searchr1.evaluate import evaluate
+    config: DemoConfig
+    #: The world's files: ``corpus``, ``train`` and ``test`` (``write_world``'s paths).
+    paths: dict[str, Path]
+    retriever: Any
+    #: The RL run of the demo (``train_config``).
+    rl_config: TrainConfig
+    #: The model before SFT: copy pre-trained (``copy-model/``), or the random one
+    #: (``init-model/``) when the warm start has no copy pre-training.
+    base_dir: Path
+    #: The warm-started model (``sft-model/``).
+    sft_dir: Path
+
+
+def prepare(config: DemoConfig, log: Callable[[str], None] = print) -> Prepared:
+    """The stages before RL: world -> BM25 index -> tiny model -> copy pre-training ->
+    SFT. A warm start saved with the same settings is reused (``sft-model/demo-sft.json``
+    holds them), so a re-run, or another run on the same world (``searchr1 study``),
+    pays for it once."""
+    import torch
+
     from searchr1.retrieval import Retriever
-    from searchr1.rl.trainer import train
-    from searchr1.rollout import HFEngine
     from searchr1.toy.world import WorldConfig, build_world, write_world
 
     torch.manual_seed(config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
 
     done = stage(log, "world")
     world = build_world(
@@ -109,23 +133,44 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     retriever = Retriever.build(paths["corpus"], out / "index", threads=1)
     done()
 
-    sft_dir = out / "sft-model"
+    init_dir, sft_dir = out / "init-model", out / "sft-model"
+    base_dir = out / "copy-model" if warm.copy_steps else init_dir
     sft_key = json.dumps(_sft_key(config, warm), sort_keys=True)
     marker = sft_dir / "demo-sft.json"
-    if marker.exists() and marker.read_text() == sft_key:
+    if marker.exists() and marker.read_text() == sft_key and (base_dir / "config.json").exists():
         # The warm start of these very settings is there already (a re-run, or a run
         # that stopped during RL): reuse it.
         log(f"== warm start: reusing {sft_dir} (same settings)")
     else:
         done = stage(log, "tiny model")
-        init_dir = init_model(out / "init-model", world.texts(), config.model)
+        init_model(init_dir, world.texts(), config.model)
         done()
-        warm_start_model(init_dir, sft_dir, warm, world, retriever, log=log)
+        # Copy pre-training and SFT in two calls, the copy-pretrained model saved
+        # between them (the study trains it without SFT): the same weights as one call.
+        if warm.copy_steps:
+            warm_start_model(init_dir, base_dir, replace(warm, sft_steps=0), log=log)
+        warm_start_model(base_dir, sft_dir, replace(warm, copy_steps=0), world, retriever, log=log)
         marker.write_text(sft_key)
+    return Prepared(config, paths, retriever, rl_config, base_dir, sft_dir)
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs every stage; returns the before/after metrics (also in ``out/demo.json``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.data import load_qa
+    from searchr1.evaluate import evaluate
+    from searchr1.rl.trainer import train
+    from searchr1.rollout import HFEngine
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    prepared = prepare(config, log)
+    rl_config, retriever, sft_dir = prepared.rl_config, prepared.retriever, prepared.sft_dir
     tok = AutoTokenizer.from_pretrained(sft_dir, local_files_only=True)
     model: Any = AutoModelForCausalLM.from_pretrained(str(sft_dir), local_files_only=True)
 
-    test = load_qa([paths["test"]])[: rl_config.data.val_size]
+    test = load_qa([prepared.paths["test"]])[: rl_config.data.val_size]
 
     done = stage(log, f"evaluate the warm start on {len(test)} held-out questions")
     model.eval()
