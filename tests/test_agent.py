@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from dataclasses import replace
@@ -22,6 +21,7 @@ from searchr1.rollout import (
     tokenize_prompts,
 )
 from searchr1.rollout.agent import run_agent_rollouts
+from test_rollout import scripted
 
 LOCKSTEP = RolloutConfig(max_turns=3, max_response_length=24, max_length=360, topk=2)
 ASYNC = replace(LOCKSTEP, mode="async", search_wait_ms=1.0)
@@ -60,15 +60,13 @@ REPLIES = {
 }
 
 
-def scripted(tokenizer: Any, replies: dict[str, list[str]]) -> ScriptedEngine:
-    def script(context: str) -> str:
-        question = re.search(r"Question: (.*?)\?\n", context)
-        assert question is not None
-        turn = context.count("\n\n<information>") + context.count("Let me try again.")
-        turns = replies[question.group(1)]
-        return turns[min(turn, len(turns) - 1)]
-
-    return ScriptedEngine(tokenizer, script)
+def wait_for(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def same_rollouts(a: Any, b: Any) -> None:
@@ -148,8 +146,16 @@ def test_a_failing_search_fails_only_its_own_turns(tokenizer: Any) -> None:
         "b": ["hm", "hm", "<search> late </search>", "<answer> B </answer>"],
     }
     docs = Docs(fail_calls=1)
+    inner = scripted(tokenizer, replies)
+
+    def script(context: str) -> str:
+        said = inner.script(context)
+        if "late" in said:  # b asks only once a's search has gone out, however slow
+            assert wait_for(lambda: docs.calls)
+        return said
+
     prompts = tokenize_prompts(tokenizer, ["a", "b"])
-    result = run_rollouts(scripted(tokenizer, replies), docs, prompts, ASYNC)
+    result = run_rollouts(ScriptedEngine(tokenizer, script), docs, prompts, ASYNC)
     assert docs.calls == [["early"], ["late"]]
     a, b = result.stats
     assert (a.search_failures, a.answer, b.search_failures, b.answer) == (1, "A", 0, "B")

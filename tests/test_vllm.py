@@ -116,12 +116,17 @@ def test_load_weights_in_place(vllm_engine: VLLMEngine, tiny_model_dir: Path) ->
     ]
 
 
-def test_rollouts_on_both_engines(
-    vllm_engine: VLLMEngine, hf_engine: HFEngine, tmp_path: Path
-) -> None:
-    corpus = tmp_path / "corpus.jsonl"
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
+    tmp = tmp_path_factory.mktemp("riverton")
+    corpus = tmp / "corpus.jsonl"
     corpus.write_text('{"id": "1", "contents": "\\"Riverton\\"\\nFounded by Alice Marlow."}\n')
-    retriever = Retriever.build(corpus, tmp_path / "index")
+    return Retriever.build(corpus, tmp / "index")
+
+
+def test_rollouts_on_both_engines(
+    vllm_engine: VLLMEngine, hf_engine: HFEngine, retriever: Retriever
+) -> None:
     prompts = tokenize_prompts(hf_engine.tokenizer, QUESTIONS)
     config = RolloutConfig(max_turns=2, max_response_length=12, temperature=0)
     v = run_rollouts(vllm_engine, retriever, prompts, config)
@@ -134,12 +139,9 @@ def test_rollouts_on_both_engines(
 
 
 def test_async_rollouts_equal_lockstep(
-    vllm_engine: VLLMEngine, hf_engine: HFEngine, tmp_path: Path
+    vllm_engine: VLLMEngine, hf_engine: HFEngine, retriever: Retriever
 ) -> None:
     """rollout.mode=async on vLLM: greedy, the trajectories of the lockstep loop."""
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text('{"id": "1", "contents": "\\"Riverton\\"\\nFounded by Alice Marlow."}\n')
-    retriever = Retriever.build(corpus, tmp_path / "index")
     prompts = tokenize_prompts(hf_engine.tokenizer, QUESTIONS * 2)
     config = RolloutConfig(max_turns=2, max_response_length=12, temperature=0)
     lockstep = run_rollouts(vllm_engine, retriever, prompts, config)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["HFEngine", "Request", "RequestSource"]
 
 _RUNNING, _STOP, _EOS = 0, 1, 2
+#: serve(): requests wait to join the batch until they are a quarter of its rows, or
+#: for this many steps at most.
+ADMIT_SHARE, ADMIT_AFTER_STEPS = 4, 16
 
 
 @dataclass(eq=False)
@@ -166,25 +169,11 @@ class HFEngine:
         seeds: Sequence[int] | None,
     ) -> list[Generation]:
         import torch
-        from transformers import DynamicCache
 
         n = len(prompts)
         if n == 0:
             return []
-        lengths = [len(p) for p in prompts]
-        if min(lengths) == 0:
-            raise ValueError(f"prompt {lengths.index(0)} is empty")
         device = self.device
-        width = max(lengths)
-        ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = np.asarray(p, dtype=np.int64)
-            mask[i, width - len(p) :] = 1
-        input_ids = torch.from_numpy(ids).to(device)
-        attention = torch.from_numpy(mask).to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-
         checker = self.stops.checker(sampling.stop)
         checker.reset(n)
         generator = None
@@ -205,17 +194,8 @@ class HFEngine:
         keep_bytes = np.zeros(n, dtype=np.int64)
         rows = np.arange(n)  # original index of each row of the running batch
 
-        cache = DynamicCache()
+        cache, attention, positions, logits = self._prefill(prompts)
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
-            positions = positions[:, -1:]
             for step in range(max_tokens):
                 if row_seeds is not None:
                     seeds_now = row_seeds[torch.from_numpy(rows).to(device)]
@@ -267,6 +247,37 @@ class HFEngine:
             for i in range(n)
         ]
 
+    def _prefill(
+        self, prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Runs the model over left-padded ``prompts``: their KV cache, attention mask
+        ``[n, W]``, last positions ``[n, 1]`` and next-token logits ``[n, V]``."""
+        import torch
+        from transformers import DynamicCache
+
+        lengths = [len(p) for p in prompts]
+        if min(lengths) == 0:
+            raise ValueError(f"prompt {lengths.index(0)} is empty")
+        width = max(lengths)
+        ids = np.full((len(prompts), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(prompts), width), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = np.asarray(p, dtype=np.int64)
+            mask[i, width - len(p) :] = 1
+        attention = torch.from_numpy(mask).to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=torch.from_numpy(ids).to(self.device),
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        return cache, attention, positions[:, -1:], logits
+
     def _result(
         self,
         token_ids: npt.NDArray[np.int64],
@@ -298,8 +309,10 @@ class HFEngine:
         """
         batch = _Batch(self)
         shared: SamplingConfig | None = None
+        waiting: list[Request] = []
+        waited = 0  # steps the oldest waiting request has waited
         while True:
-            new = requests.take(block=not batch.rows)
+            new = requests.take(block=not batch.rows and not waiting)
             if new is None:
                 return
             for request in new:
@@ -307,9 +320,17 @@ class HFEngine:
                 shared = shared or key
                 if key != shared:
                     raise ValueError("requests of one session must share their sampling")
+            waiting += new
             started = time.perf_counter()
-            if new:
-                batch.admit(new)
+            # A prefill stops the batch for a step: gather arrivals into fewer, larger
+            # ones, unless the batch is small or someone has waited long enough.
+            if waiting and (
+                len(waiting) * ADMIT_SHARE >= len(batch.rows) or waited >= ADMIT_AFTER_STEPS
+            ):
+                batch.admit(waiting)
+                waiting, waited = [], 0
+            elif waiting:
+                waited += 1
             finished = batch.step(shared) if batch.rows and shared else []
             self.serve_seconds += time.perf_counter() - started
             for request, generation in finished:
@@ -409,35 +430,13 @@ class _Batch:
     def admit(self, requests: Sequence[Request]) -> None:
         """Prefills ``requests`` and appends them to the running rows."""
         import torch
-        from transformers import DynamicCache
 
         engine = self.engine
         if self.checker is None:
             # A slot per request, never reused: the checker cannot reset one row.
             self.checker = engine.stops.checker(requests[0].sampling.stop)
             self.checker.reset(1 << 16)
-        lengths = [len(r.prompt) for r in requests]
-        if min(lengths) == 0:
-            raise ValueError("a prompt is empty")
-        width = max(lengths)
-        ids = np.full((len(requests), width), engine.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(requests), width), dtype=np.int64)
-        for i, r in enumerate(requests):
-            ids[i, width - len(r.prompt) :] = r.prompt
-            mask[i, width - len(r.prompt) :] = 1
-        device = engine.device
-        attention = torch.from_numpy(mask).to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        with torch.inference_mode():
-            logits = engine.model(
-                input_ids=torch.from_numpy(ids).to(device),
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
+        cache, attention, positions, logits = engine._prefill([r.prompt for r in requests])
         if self.slots + len(requests) > self.checker.batch_size:
             raise RuntimeError("too many requests in one session for the stop checker")
         rows = [
@@ -447,7 +446,7 @@ class _Batch:
         self.slots += len(requests)
         if not self.rows:
             self.cache, self.attention, self.logits = cache, attention, logits
-            self.positions = positions[:, -1:]
+            self.positions = positions
         else:
             assert self.attention is not None and self.positions is not None
             assert self.logits is not None
@@ -456,7 +455,7 @@ class _Batch:
             self.attention = torch.cat(
                 [_pad_left(self.attention, new - old), _pad_left(attention, old - new)]
             )
-            self.positions = torch.cat([self.positions, positions[:, -1:]])
+            self.positions = torch.cat([self.positions, positions])
             self.logits = torch.cat([self.logits, logits])
         self.rows += rows
 
