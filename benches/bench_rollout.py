@@ -8,6 +8,12 @@
    decoded, rows computed per step, wall time.
 2. HFEngine against ``model.generate`` on the same batch: pure decoding (no stop
    strings), and with the stop strings (``generate(stop_strings=...)``).
+3. The lockstep loop against the asynchronous one (``rollout.mode``) on the same
+   prompts, sampled (temperature 1), with the search behind a real ``searchr1 serve``
+   process over HTTP. A second tiny model is trained for this on transcripts whose
+   turns vary as real ones do: 1-4 searches per question, thoughts of 10-250 words.
+   Reported: wall time, tokens generated per second, the engine's busy share, search
+   calls and their sizes.
 
 The model is a tiny Qwen2 trained here for a few hundred steps on whole Search-R1
 transcripts of a toy world (documents included, as a pretrained LM has seen text of
@@ -20,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +166,178 @@ def rollout_side(
     }
 
 
+FILLER = [
+    "the",
+    "river",
+    "town",
+    "records",
+    "say",
+    "that",
+    "a",
+    "founder",
+    "came",
+    "with",
+    "families",
+    "and",
+    "built",
+    "mills",
+    "bridges",
+    "roads",
+    "and",
+    "a",
+    "church",
+    "near",
+    "the",
+    "water",
+    "before",
+    "the",
+    "railway",
+    "reached",
+    "the",
+    "valley",
+]
+
+
+def varied_demonstrations(
+    retriever: Retriever, qa: Sequence[tuple[str, str]], per_question: int, seed: int = 0
+) -> list[Demonstration]:
+    """Transcripts with 1-4 searches each and thoughts of 10-250 words (log-uniform)."""
+    rng = random.Random(seed)
+
+    def thought() -> str:
+        n = int(math.exp(rng.uniform(math.log(10), math.log(250))))
+        return " ".join(rng.choice(FILLER) for _ in range(n))
+
+    demos = []
+    for question, answer in qa:
+        town = question.rsplit(" ", 1)[1]
+        queries = [question, f"{town} founder", f"{town} history", f"{answer} {town}"]
+        for _ in range(per_question):
+            pieces: list[tuple[str, bool]] = []
+            for query in queries[: rng.randint(1, 4)]:
+                hits = retriever.search([query], k=3)[0]
+                pieces.append((f"<think> {thought()} </think>\n<search> {query} </search>", True))
+                pieces.append((information(format_documents(hits)), False))
+            pieces.append((f"<think> {thought()} </think>\n<answer> {answer} </answer>", True))
+            demos.append(Demonstration(question, pieces))
+    return demos
+
+
+def varied_model(retriever: Retriever, qa: Sequence[tuple[str, str]], steps: int) -> Path:
+    """A tiny model trained on :func:`varied_demonstrations` (cached)."""
+    out = CACHE / f"rollout-varied-v1-{steps}"
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    demos = varied_demonstrations(retriever, qa, per_question=8)
+    texts = [p for d in demos for p, _ in d.pieces]
+    config = TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2)
+    path = init_model(out.with_suffix(".tmp"), texts, config)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    losses = sft(model, to_trajectories(tok, demos), SFTConfig(steps=steps, batch_size=8))
+    print(f"  trained the varied model: loss {losses[0]:.2f} -> {losses[-1]:.3f}", file=sys.stderr)
+    model.save_pretrained(path)
+    path.rename(out)
+    return out
+
+
+class CountingRetriever:
+    """Passes searches on; records the size of each call."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+
+    def search(self, queries: list[str], k: int = 3) -> Any:
+        self.calls.append(len(queries))
+        return self.inner.search(queries, k)
+
+
+def loop_side(
+    engine: HFEngine, retriever: Any, prompts: list[Any], config: RolloutConfig
+) -> dict[str, Any]:
+    counting = CountingRetriever(retriever)
+    engine.tokens_sampled = 0
+    start = time.perf_counter()
+    result = run_rollouts(engine, counting, prompts, config)
+    wall = time.perf_counter() - start
+    metrics = result.metrics()
+    busy = metrics.get("async/engine_busy", metrics["generate_seconds"] / wall)
+    turns = [len(s.ids) for t in result.trajectories for s in t.segments if s.generated]
+    return {
+        "seconds": wall,
+        "tokens": engine.tokens_sampled,
+        "busy": busy,
+        "search_calls": counting.calls,
+        "searches": metrics["searches"],
+        "turn_tokens": (min(turns), statistics.median(turns), max(turns)),
+    }
+
+
+def async_part(
+    retriever: Retriever, index: Path, qa: Sequence[tuple[str, str]], args: Any
+) -> dict[str, Any]:
+    """Part 3: lockstep vs async on the same prompts, search over HTTP."""
+    from bench_server import _start, free_port, stop
+    from searchr1.retrieval.client import RemoteRetriever
+
+    engine = HFEngine.from_pretrained(varied_model(retriever, qa, args.varied_steps))
+    questions = [qa[i % len(qa)][0] for i in range(args.prompts // 4) for _ in range(4)]
+    prompts = tokenize_prompts(engine.tokenizer, questions)
+    config = RolloutConfig(
+        max_turns=4, max_response_length=args.max_response, max_length=4096, seed=0
+    )
+    port = free_port()
+    cmd = [sys.executable, "-m", "searchr1", "serve", "--index", str(index)]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = _start([*cmd, "--port", str(port)], port, 1, Path(tmp) / "server.log")
+        try:
+            remote = RemoteRetriever(f"http://127.0.0.1:{port}")
+            timings = timed_in_turn(
+                {
+                    mode: (
+                        lambda mode=mode: loop_side(
+                            engine, remote, prompts, replace(config, mode=mode)
+                        )
+                    )
+                    for mode in ("lockstep", "async")
+                },
+                args.repeats,
+            )
+        finally:
+            stop(server)
+    sides = {mode: result | {"seconds": sec} for mode, (sec, result) in timings.items()}
+    rows = []
+    for mode, side in sides.items():
+        calls = side["search_calls"]
+        low, mid, high = side["turn_tokens"]
+        rows += [
+            (f"{mode}: wall", f"{side['seconds']:.2f} s"),
+            (f"{mode}: tokens/s", f"{side['tokens'] / side['seconds']:,.0f} ({side['tokens']:,})"),
+            (f"{mode}: engine busy", f"{side['busy']:.0%}"),
+            (
+                f"{mode}: search calls",
+                f"{len(calls)}, {statistics.mean(calls):.1f} queries each (max {max(calls)})",
+            ),
+            (
+                f"{mode}: searches/question, turn tokens",
+                f"{side['searches']:.2f}, {low}/{mid}/{high}",
+            ),
+        ]
+    lock, agent = sides["lockstep"], sides["async"]
+    rows.append(("async speed-up (wall)", f"{lock['seconds'] / agent['seconds']:.2f}x"))
+    rate = (agent["tokens"] / agent["seconds"]) / (lock["tokens"] / lock["seconds"])
+    rows.append(("async speed-up (tokens/s)", f"{rate:.2f}x"))
+    report(
+        f"Rollouts: lockstep vs async ({len(prompts)} prompts, sampled, up to "
+        f"{args.max_response} tokens a turn, search over HTTP) - {machine()}",
+        rows,
+    )
+    return {mode: {k: v for k, v in s.items()} for mode, s in sides.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,7 +351,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed runs of each side, in turn (median)"
     )
+    parser.add_argument("--varied-steps", type=int, default=400, help="part 3's model")
+    parser.add_argument(
+        "--parts", default="1,2,3", help="which parts to run, e.g. 3 for lockstep vs async"
+    )
     args = parser.parse_args(argv)
+    parts = {int(p) for p in args.parts.split(",")}
     torch.manual_seed(0)
     results: dict[str, Any] = {}
 
@@ -180,6 +365,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         path = Path(tmp) / "corpus.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in corpus))
         retriever = Retriever.build(path, Path(tmp) / "index")
+        if 3 in parts:
+            results["async"] = async_part(retriever, Path(tmp) / "index", qa, args)
+        if not parts & {1, 2}:
+            return results
         model_dir = trained_model(retriever, qa, args.train_steps)
         engine = HFEngine.from_pretrained(model_dir)
         questions = [qa[i % len(qa)][0] for i in range(args.prompts)]
