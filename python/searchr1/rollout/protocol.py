@@ -178,11 +178,10 @@ class ToolCallProtocol:
                 "this one has none (use rollout.protocol=search_r1)"
             )
         self.stops: tuple[str, ...] = (self.end, "</answer>")
-        prompt = self.prompt("q")
-        if '"search"' not in prompt:
+        if self._user_prompt("q", tools=True) == self._user_prompt("q", tools=False):
             raise ValueError(
-                "the tokenizer's chat template ignores tools=: the search tool does not "
-                "appear in the prompt it renders (use rollout.protocol=search_r1)"
+                "the tokenizer's chat template ignores tools=: the prompt it renders is "
+                "the same with and without the search tool (use rollout.protocol=search_r1)"
             )
         call = {"name": "search", "arguments": {"query": _TURN}}
         tool_text = self._render(
@@ -215,14 +214,12 @@ class ToolCallProtocol:
 
     def prompt(self, question: str) -> str:
         """One user message with the search tool declared, and the generation prompt."""
+        return self._user_prompt(TOOL_PROMPT_TEMPLATE.format(question=normalize_question(question)))
+
+    def _user_prompt(self, content: str, tools: bool = True) -> str:
         text: str = self.tokenizer.apply_chat_template(
-            [
-                {
-                    "role": "user",
-                    "content": TOOL_PROMPT_TEMPLATE.format(question=normalize_question(question)),
-                }
-            ],
-            tools=[SEARCH_TOOL],
+            [{"role": "user", "content": content}],
+            tools=[SEARCH_TOOL] if tools else None,
             add_generation_prompt=True,
             tokenize=False,
         )

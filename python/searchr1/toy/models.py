@@ -24,15 +24,16 @@ __all__ = [
 ]
 
 #: A Qwen2-style chat template (ChatML). With ``tools=`` it declares them in a system
-#: message and writes calls and results as Qwen2.5 does (``<tool_call>`` JSON, results
-#: in ``<tool_response>`` in a user turn), for ``rollout.protocol=tool_call``.
+#: message, tersely (``<tools>search(query)</tools>``: a tiny model reads a short prompt
+#: better than a JSON schema), and writes calls and results as Qwen2.5 does
+#: (``<tool_call>`` JSON, results in ``<tool_response>`` in a user turn), for
+#: ``rollout.protocol=tool_call``.
 CHAT_TEMPLATE = (
-    "{% if tools %}{{ '<|im_start|>system\\n# Tools\\n\\nFunctions you may call, "
-    "declared in <tools></tools>:\\n<tools>' }}"
-    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
-    "{{ '\\n</tools>\\n\\nCall one with a JSON object in <tool_call></tool_call> tags:"
-    '\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}'
-    "\\n</tool_call><|im_end|>\\n' }}{% endif %}"
+    "{% if tools %}{{ '<|im_start|>system\\n<tools>' }}"
+    "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined"
+    " else tool %}{{ f['name'] + '(' + (f['parameters']['properties'] | list | join(', '))"
+    " + ')' }}{% endfor %}"
+    "{{ '</tools><|im_end|>\\n' }}{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'tool' %}"
     "{{ '<|im_start|>user\\n<tool_response>\\n' + message['content']"
