@@ -10,22 +10,27 @@ Exact search twice: f32 vectors (ours vs faiss IndexFlatIP), and 8-bit vectors (
 i8 with a scale per row, `searchr1 index --dtype i8`; faiss: IndexScalarQuantizer
 QT_8bit, trained on the vectors), with the recall@10 of each against the f32 top-10.
 
-HNSW: searchr1's own graph vs faiss IndexHNSWFlat, both inner product, M = 16,
-built on 2 threads, at efConstruction 128 and again at 256 (each side at the same
-value); efSearch is raised from 8 until recall@10 against the exact top-10 reaches
+HNSW: searchr1's graph (usearch's, through its Rust crate; M = its default, 24:
+usearch links a new node to M others at level 0, faiss to 2M) vs faiss IndexHNSWFlat
+(M = 16), built on 2 threads, at efConstruction 128 and again at 256 (each side at the
+same value); efSearch is raised from 8 until recall@10 against the exact top-10 reaches
 0.95, and queries/s are compared at recall 0.95 (interpolated between the two efSearch
-values around it, on each side). Ours is the i8 graph whose efSearch candidates are
-re-scored exactly against the stored f32 vectors (what `searchr1 index --hnsw`
-builds); faiss's graph is f32. `--f32-graph` adds our f32 graph at the first
+values around it, on each side). Ours is the i8 graph (rows quantized by their largest
+value, cosine metric) whose best candidates (4 k, at most efSearch) are re-scored
+exactly against the stored f32 vectors (what `searchr1 index --hnsw` builds); faiss's
+graph is f32, inner product. `--f32-graph` adds our f32 graph at the first
 efConstruction.
 
-Also: the open time of a 1,000,000-vector index in a fresh process.
+Also: the open time of a 1,000,000-vector index in a fresh process. On an AVX-512
+CPU faiss's OpenBLAS is told so (OPENBLAS_CORETYPE=SkylakeX) unless set already: it
+takes some CPU models for a Prescott core.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -156,9 +161,7 @@ def measure_hnsw(
             write_index(out, base)
             del base
             start = time.perf_counter()
-            _core.add_hnsw(
-                out, dtype=dtype, connectivity=16, expansion_add=ef_construction, threads=threads
-            )
+            _core.add_hnsw(out, dtype=dtype, expansion_add=ef_construction, threads=threads)
             build = time.perf_counter() - start
             index = _core.Index(out)
             # Warm-up, untimed: the first pass faults the memory-mapped graph and
@@ -193,6 +196,14 @@ def open_time(n: int, dim: int) -> float:
         seconds, rows = done.stdout.split()
         assert int(rows) == n
         return float(seconds)
+
+
+def avx512() -> bool:
+    """Whether this CPU has AVX-512 (Linux only; elsewhere, no)."""
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -236,6 +247,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
         print(json.dumps(r))
         return {}
+
+    # faiss-cpu's bundled OpenBLAS picks its kernels by CPU model, and takes a VM's
+    # generic "Intel(R) Xeon(R) Processor" for a Prescott (SSE3) core: its SGEMM then
+    # ran 4x slower than with its AVX-512 kernels (machine C). The peer runs at its best.
+    if "OPENBLAS_CORETYPE" not in os.environ and avx512():
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
 
     def side(name: str, *extra: str) -> dict[str, object]:
         flags = ["--side", name, "--vectors", str(args.vectors), *extra]
@@ -301,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             (f"open, {args.open_vectors} x {args.dim} f16", f"{opened * 1e3:8.1f} ms"),
         ],
     )
+    from searchr1._core import DEFAULTS
+
     rows: list[tuple[str, str]] = []
     hnsw_results: dict[str, float] = {}
     for efc, ours_g, faiss_g in graphs:
@@ -332,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ]
         hnsw_results["hnsw_f32_ratio"] = f_95 / p_95
     report(
-        f"HNSW: {args.hnsw_vectors} x {args.dim}, M 16, {args.threads} threads, "
+        f"HNSW: {args.hnsw_vectors} x {args.dim}, M {DEFAULTS['connectivity']} "
+        f"(faiss 16), {args.threads} threads, "
         f"at recall@{args.k} >= 0.95",
         rows,
     )

@@ -322,13 +322,14 @@ def test_hnsw_through_retriever(corpus: Path, tmp_path: Path) -> None:
     from searchr1._core import DEFAULTS
 
     r = Retriever.build(corpus, tmp_path / "idx", dense_model=MODEL, hnsw=True, progress=False)
-    assert r.manifest["dense"]["hnsw"]["connectivity"] == 16
+    assert r.manifest["dense"]["hnsw"]["connectivity"] == DEFAULTS["connectivity"]
     assert r.manifest["dense"]["dtype"] == DEFAULTS["dtype"]
     assert r.manifest["dense"]["hnsw"] == {
         "dtype": DEFAULTS["hnsw_dtype"],
         "connectivity": DEFAULTS["connectivity"],
         "expansion_add": DEFAULTS["ef_construction"],
         "expansion_search": DEFAULTS["ef_search"],
+        "format": 2,
     }
     q = ["Which city is the capital of Japan?"]
     assert r.search(q, k=1, mode="dense")[0][0].title == '"Tokyo"'

@@ -183,7 +183,8 @@ class IndexBuilder:
         threads: int | None = None,
         progress: bool = False,
     ) -> None:
-        """Builds an HNSW graph over the dense vectors."""
+        """Builds an HNSW graph (usearch's) over the dense vectors, adding rows on
+        ``threads`` threads."""
     def finish(self) -> str:
         """Writes the manifest marked complete, which commits the index; returns it as
         JSON text."""
@@ -243,7 +244,9 @@ def add_hnsw(
     threads: int | None = None,
     progress: bool = False,
 ) -> str:
-    """Builds an HNSW graph over the dense vectors of the index ``dir``; returns the manifest."""
+    """Builds an HNSW graph (usearch's) over the dense vectors of the index ``dir``,
+    replacing any graph it had (an older searchr1's graph must be rebuilt this way);
+    returns the manifest."""
 
 def verify_index(dir: PathLike[str] | str) -> tuple[int, int, int, list[str]]:
     """Reads every file of the index ``dir`` against the checksums of its manifest;

@@ -99,9 +99,9 @@ def _core_option(name: str, *decls: str, help: str, **kwargs: Any) -> Callable[[
     "hnsw_dtype",
     "--hnsw-dtype",
     type=click.Choice(VECTOR_DTYPES),
-    help="The vectors the HNSW walk reads: the stored ones when alike, else a copy in "
-    "this dtype whose candidates are re-scored exactly against the stored vectors. i8 "
-    "is a quarter of f32's memory to walk, scored in integers.",
+    help="How the HNSW graph (usearch's) stores its copy of the vectors; the walk's best "
+    "candidates are re-scored exactly against the stored vectors. i8 is a quarter of "
+    "f32's memory to walk.",
 )
 @click.option("--batch-size", default=64, show_default=True, help="Passages encoded at once.")
 @click.option(

@@ -157,11 +157,11 @@ class Retriever:
         adds dense vectors, stored as
         ``dtype`` ("f32", "f16", or "i8" with a scale per row); pooling and prefixes
         default to what suits the model (see :meth:`EncoderConfig.for_model`). ``hnsw``
-        also builds an HNSW graph (searchr1's own, walked with the vectors in
-        ``hnsw_dtype``: "f32", "f16" or "i8"; a walk in another dtype than the stored
-        vectors' has its candidates re-scored exactly against them; ``connectivity``
-        links per node, ``ef_construction`` / ``ef_search`` candidate lists) that dense
-        search then uses. ``progress`` draws
+        also builds an HNSW graph (usearch's, holding its own copy of the vectors in
+        ``hnsw_dtype``: "f32", "f16" or "i8"; the walk's best candidates are re-scored
+        exactly against the stored vectors; ``connectivity`` links per node,
+        ``ef_construction`` / ``ef_search`` candidate lists) that dense search then
+        uses. ``progress`` draws
         bars on standard error (default: when it is a terminal).
 
         ``import_faiss`` takes the dense vectors from a faiss index file instead of

@@ -1,5 +1,6 @@
 //! Criterion benches of the retrieval search paths: batched BM25, exact dense search,
-//! the HNSW walk, and the i8 inner-product kernels the walk and the graph build use.
+//! the HNSW search (usearch's walk, re-scored), and the re-scoring kernels per
+//! instruction set.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use searchr1_core::bm25::{Bm25Index, Bm25Settings};
 use searchr1_core::dense::{quantize_row, DType, DenseSettings, DenseWriter, FlatIndex};
-use searchr1_core::hnsw::{HnswIndex, HnswSettings, Quantization};
+use searchr1_core::graph::{HnswIndex, HnswSettings, Quantization};
 use searchr1_core::simd;
 use searchr1_core::{IndexError, Passage};
 
@@ -112,6 +113,7 @@ fn bench_hnsw(c: &mut Criterion) {
         connectivity: 16,
         expansion_add: 64,
         expansion_search: 32,
+        ..HnswSettings::default()
     };
     HnswIndex::build(&dir, &flat, settings, 2, |_| {}, &AtomicBool::new(false)).unwrap();
     let graph = HnswIndex::open(&dir, settings, &flat).unwrap();
@@ -125,31 +127,29 @@ fn bench_hnsw(c: &mut Criterion) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The integer i8 x i8 kernel of the build and the walk, next to what it replaced
-/// (an f32 vector times i8 codes widened to f32), over 384 values.
-fn bench_i8_kernels(c: &mut Criterion) {
+/// The re-scoring kernels (an f32 query times a stored f32 or i8 row, 384 values) on
+/// every instruction set this CPU has: the AVX-512 path next to the AVX2 one.
+fn bench_dot_kernels(c: &mut Criterion) {
     let dim = 384;
     let mut rng = Rng(19);
-    let a: Vec<f32> = (0..dim)
-        .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
-    let b: Vec<f32> = (0..dim)
-        .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
-    let (mut a_codes, mut b_codes) = (Vec::new(), Vec::new());
-    quantize_row(&a, &mut a_codes);
-    quantize_row(&b, &mut b_codes);
-    let a_bytes: Vec<u8> = a_codes.iter().map(|&v| v as u8).collect();
-    let b_bytes: Vec<u8> = b_codes.iter().map(|&v| v as u8).collect();
-    let mut group = c.benchmark_group("i8_dot_384");
-    group.bench_function("f32_times_i8", |bench| {
-        bench.iter(|| simd::dot_i8(black_box(&a), black_box(&b_bytes)))
-    });
-    group.bench_function("i8_times_i8", |bench| {
-        bench.iter(|| simd::dot_i8_i8(black_box(&a_bytes), black_box(&b_bytes)))
-    });
+    let mut uniform = || (rng.next() % 2001) as f32 / 1000.0 - 1.0;
+    let q: Vec<f32> = (0..dim).map(|_| uniform()).collect();
+    let row: Vec<f32> = (0..dim).map(|_| uniform()).collect();
+    let f32_bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut codes = Vec::new();
+    quantize_row(&row, &mut codes);
+    let i8_bytes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
+    let mut group = c.benchmark_group("dot_384");
+    for isa in simd::Isa::available() {
+        group.bench_function(format!("f32_row_{isa:?}"), |bench| {
+            bench.iter(|| simd::dot_f32_on(isa, black_box(&q), black_box(&f32_bytes)))
+        });
+        group.bench_function(format!("i8_row_{isa:?}"), |bench| {
+            bench.iter(|| simd::dot_i8_on(isa, black_box(&q), black_box(&i8_bytes)))
+        });
+    }
     group.finish();
 }
 
-criterion_group!(benches, bench_bm25, bench_dense, bench_hnsw, bench_i8_kernels);
+criterion_group!(benches, bench_bm25, bench_dense, bench_hnsw, bench_dot_kernels);
 criterion_main!(benches);

@@ -178,16 +178,6 @@ impl DenseWriter {
     }
 }
 
-/// What stored rows are scored against: f32 values (a query), or the i8 codes of a
-/// stored i8 row, which multiply i8 rows exactly in integers, three times fewer
-/// instructions than widening either side to f32 (the graph build scores row against
-/// row).
-#[derive(Clone, Copy, Debug)]
-pub enum Probe<'a> {
-    F32(&'a [f32]),
-    I8 { scale: f32, codes: &'a [u8] },
-}
-
 /// A stored i8 row split into its scale (little-endian f32) and its codes.
 #[inline]
 fn i8_row(bytes: &[u8]) -> (f32, &[u8]) {
@@ -253,30 +243,6 @@ impl FlatIndex {
             DType::I8 => {
                 let (scale, codes) = i8_row(bytes);
                 scale * simd::dot_i8(q, codes)
-            }
-        }
-    }
-
-    /// `row` as a [`Probe`]: its codes when stored as i8, else its f32 values.
-    pub fn probe<'a>(&'a self, row: usize, buf: &'a mut Vec<f32>) -> Probe<'a> {
-        match self.settings.dtype {
-            DType::I8 => {
-                let (scale, codes) = i8_row(self.row_data(row));
-                Probe::I8 { scale, codes }
-            }
-            DType::F32 | DType::F16 => Probe::F32(self.vectors(row, row + 1, buf)),
-        }
-    }
-
-    /// `probe · row` over the stored values of `row`.
-    #[inline]
-    pub fn score(&self, probe: Probe<'_>, row: usize) -> f32 {
-        match probe {
-            Probe::F32(q) => self.dot(q, row),
-            Probe::I8 { scale, codes } => {
-                assert_eq!(self.settings.dtype, DType::I8, "i8 codes score i8 rows only");
-                let (row_scale, row_codes) = i8_row(self.row_data(row));
-                scale * row_scale * simd::dot_i8_i8(codes, row_codes) as f32
             }
         }
     }
@@ -383,16 +349,7 @@ impl FlatIndex {
                             );
                         }
                         for (qi, top) in tops[q_start..q_end].iter_mut().enumerate() {
-                            let mut threshold = top.threshold();
-                            for (j, &s) in scores[qi * m..(qi + 1) * m].iter().enumerate() {
-                                if s >= threshold {
-                                    top.push(Scored {
-                                        score: s,
-                                        key: (block_start + j) as u64,
-                                    });
-                                    threshold = top.threshold();
-                                }
-                            }
+                            keep_best(top, &scores[qi * m..(qi + 1) * m], block_start);
                         }
                     }
                 }
@@ -415,6 +372,47 @@ impl FlatIndex {
             })
             .collect())
     }
+}
+
+/// Scores looked at together by [`keep_best`]: two AVX-512 registers, four AVX2 ones.
+const SCAN: usize = 32;
+
+/// Pushes into `top` the scores (of rows `first..`) that reach its threshold. Past the
+/// first blocks almost no score does, so each [`SCAN`] scores are first reduced to their
+/// maximum, lane by lane (which the compiler vectorises), and only a chunk whose
+/// maximum reaches the threshold is looked at one score at a time.
+fn keep_best(top: &mut TopK, scores: &[f32], first: usize) {
+    let mut threshold = top.threshold();
+    for (c, chunk) in scores.chunks(SCAN).enumerate() {
+        if chunk_max(chunk) < threshold {
+            continue;
+        }
+        for (j, &score) in chunk.iter().enumerate() {
+            if score >= threshold {
+                let key = (first + c * SCAN + j) as u64;
+                top.push(Scored { score, key });
+                threshold = top.threshold();
+            }
+        }
+    }
+}
+
+/// The largest of `chunk` (at most [`SCAN`] scores; NaN never wins), as 8 lanes of
+/// maxima: independent lanes, unlike one running maximum, vectorise.
+#[inline]
+fn chunk_max(chunk: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut eights = chunk.chunks_exact(8);
+    for eight in &mut eights {
+        for (lane, &s) in lanes.iter_mut().zip(eight) {
+            *lane = if s > *lane { s } else { *lane };
+        }
+    }
+    let rest = eights.remainder().iter();
+    lanes
+        .into_iter()
+        .chain(rest.copied())
+        .fold(f32::NEG_INFINITY, |m, s| if s > m { s } else { m })
 }
 
 /// How many `dim`-long query vectors `queries` holds (an error if it is not whole rows).

@@ -88,6 +88,9 @@ pub enum IndexError {
     Mismatch(String),
     #[error("tantivy: {0}")]
     Tantivy(String),
+    /// usearch (the HNSW graph) failed to build, write or search.
+    #[error("usearch: {0}")]
+    Usearch(String),
     /// The directory holds a build that did not finish (it was killed or failed).
     #[error("{0}")]
     Incomplete(String),

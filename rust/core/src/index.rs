@@ -31,7 +31,7 @@ use crate::corpus::CorpusReader;
 use crate::dense::{self, FlatIndex};
 use crate::docstore::{self, DocStore, DocStoreWriter};
 use crate::error::{CorpusError, IndexError};
-use crate::hnsw::{self, HnswIndex, HnswSettings};
+use crate::graph::{self, HnswIndex, HnswSettings};
 use crate::manifest::{self, CorpusInfo, DenseInfo, Manifest, FILE, MARKER};
 
 const BM25_DIR: &str = "bm25";
@@ -353,11 +353,11 @@ fn record_files(
     Ok(())
 }
 
-/// Whether `name` (a manifest `files` key) belongs to the HNSW graph.
+/// Whether `name` (a manifest `files` key) belongs to the HNSW graph (of any format).
 fn is_graph_file(name: &str) -> bool {
     name.strip_prefix(DENSE_DIR)
         .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|rest| rest == hnsw::GRAPH || rest.starts_with(&format!("{}/", hnsw::CODES)))
+        .is_some_and(graph::is_graph_file)
 }
 
 /// An error unless `manifest` (of the index in `dir`) is complete.
@@ -488,19 +488,14 @@ fn build_graph(
         )
     });
     bar.finish_and_clear();
-    let mut graph_files = vec![format!("{DENSE_DIR}/{}", hnsw::GRAPH)];
     let recorded = built.and_then(|()| {
-        if dense_dir.join(hnsw::CODES).is_dir() {
-            graph_files.extend(files_under(dir, &format!("{DENSE_DIR}/{}", hnsw::CODES))?);
-        }
         manifest.files.retain(|name, _| !is_graph_file(name));
-        record_files(dir, manifest, graph_files, cancel)
+        let graph_file = format!("{DENSE_DIR}/{}", graph::GRAPH);
+        record_files(dir, manifest, [graph_file], cancel)
     });
     if let Err(e) = recorded {
         manifest.files.retain(|name, _| !is_graph_file(name));
-        let _ = std::fs::remove_file(dense_dir.join(hnsw::GRAPH));
-        let _ = std::fs::remove_file(dense_dir.join(hnsw::GRAPH).with_extension("tmp"));
-        let _ = std::fs::remove_dir_all(dense_dir.join(hnsw::CODES));
+        graph::remove_graph_files(&dense_dir);
         return Err(e);
     }
     if let Some(dense) = manifest.dense.as_mut() {
@@ -848,7 +843,7 @@ mod tests {
         builder.add_hnsw(HnswSettings::default(), 1, false).unwrap();
         let written = manifest::read(&out).unwrap();
         assert!(!written.complete && written.dense.as_ref().unwrap().hnsw.is_some());
-        assert!(written.files.contains_key("dense/hnsw.graph"));
+        assert!(written.files.contains_key("dense/hnsw.usearch"));
         let manifest = builder.finish().unwrap();
         assert!(manifest.complete);
         assert_eq!(manifest::read(&out).unwrap(), manifest);
@@ -1038,11 +1033,11 @@ mod tests {
         assert!(matches!(err, IndexError::Cancelled), "{err}");
         let index = IndexDir::open(&out).unwrap();
         assert!(!index.has_hnsw() && index.manifest().complete);
-        assert!(!out.join(DENSE_DIR).join(hnsw::GRAPH).exists());
+        assert!(!out.join(DENSE_DIR).join(graph::GRAPH).exists());
         assert!(!index.manifest().files.keys().any(|name| is_graph_file(name)));
         drop(index);
         let manifest = add_hnsw(&out, HnswSettings::default(), 2, false, &Cancel::default()).unwrap();
-        assert!(manifest.files.contains_key("dense/hnsw.graph"));
+        assert!(manifest.files.contains_key("dense/hnsw.usearch"));
         assert!(IndexDir::open(&out).unwrap().has_hnsw());
         std::fs::remove_dir_all(&dir).unwrap();
     }

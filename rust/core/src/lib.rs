@@ -9,8 +9,8 @@
 //!   rayon, and an index directory whose [`manifest`] the index layer writes after each
 //!   build stage (the commit point), with [`checksum`]s of every file; a long build
 //!   step stops when its [`cancel`] says so.
-//! * [`dense`], [`hnsw`], [`simd`]: dense vectors searched exactly (blocked SGEMMs) or
-//!   through our own HNSW graph, with SIMD inner products chosen at run time.
+//! * [`dense`], [`graph`], [`simd`]: dense vectors searched exactly (blocked SGEMMs) or
+//!   through usearch's HNSW graph re-scored exactly, with SIMD chosen at run time.
 //! * [`pack`]: multi-turn rollouts into batch arrays with the loss mask that hides
 //!   injected tokens (retrieved documents) from the loss.
 //!
@@ -24,7 +24,7 @@ pub mod corpus;
 pub mod dense;
 pub mod docstore;
 pub mod error;
-pub mod hnsw;
+pub mod graph;
 pub mod index;
 pub mod manifest;
 pub mod pack;

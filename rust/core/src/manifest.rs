@@ -22,7 +22,7 @@ use crate::bm25::Bm25Settings;
 use crate::checksum::FileSum;
 use crate::dense::DenseSettings;
 use crate::error::IndexError;
-use crate::hnsw::HnswSettings;
+use crate::graph::HnswSettings;
 
 /// The `format` field of every manifest.
 pub const FORMAT: &str = "searchr1-index";
@@ -209,9 +209,10 @@ mod tests {
     },
     "hnsw": {
       "dtype": "i8",
-      "connectivity": 16,
+      "connectivity": 24,
       "expansion_add": 128,
-      "expansion_search": 256
+      "expansion_search": 64,
+      "format": 2
     }
   },
   "files": {
@@ -242,7 +243,7 @@ mod tests {
         let manifest = read(&dir).unwrap();
         let dense = manifest.dense.as_ref().unwrap();
         assert_eq!(dense.vectors.dim, 384);
-        assert_eq!(dense.hnsw.unwrap().connectivity, 16);
+        assert_eq!(dense.hnsw.unwrap().connectivity, 24);
         assert!(manifest.complete);
         assert_eq!(manifest.files["passages.bin"].bytes, 3000);
         assert_eq!(manifest.stages(), "passages, BM25, dense vectors, HNSW graph");
@@ -267,11 +268,17 @@ mod tests {
         fields.remove("complete");
         fields.remove("files");
         fields.insert("version".into(), 2.into());
+        value["dense"]["hnsw"].as_object_mut().unwrap().remove("format");
         std::fs::write(dir.join(FILE), serde_json::to_vec(&value).unwrap()).unwrap();
         let old = read(&dir).unwrap();
         assert!(old.complete && old.files.is_empty());
         assert_eq!(old.version, VERSION, "written back as the current version");
-        assert_eq!(old.dense.unwrap().hnsw.unwrap().connectivity, 16);
+        let graph = old.dense.unwrap().hnsw.unwrap();
+        assert_eq!(graph.connectivity, 24);
+        assert_eq!(
+            graph.format, 1,
+            "a graph whose format is not named is searchr1's own"
+        );
 
         for (version, message) in [(1, "version 1, but"), (4, "version 4, but")] {
             value["version"] = version.into();

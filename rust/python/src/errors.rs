@@ -63,7 +63,7 @@ impl From<Error> for PyErr {
                     E::Corpus(core::CorpusError::Io { .. }) => pyo3::exceptions::PyOSError::new_err(msg),
                     E::Corpus(_) => CorpusError::new_err(msg),
                     E::Settings(_) => InputError::new_err(msg),
-                    E::Corrupt(_) | E::Mismatch(_) | E::Tantivy(_) | E::Incomplete(_) => {
+                    E::Corrupt(_) | E::Mismatch(_) | E::Tantivy(_) | E::Usearch(_) | E::Incomplete(_) => {
                         IndexFormatError::new_err(msg)
                     }
                     // A cancel with no Python exception kept for it (see index::Interrupt).

@@ -32,7 +32,7 @@ fn hit_tuples(hits: Vec<Vec<core::ScoredPassage>>) -> HitTuples {
 pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let bm25 = core::Bm25Settings::default();
     let build = core::BuildOptions::default();
-    let hnsw = core::hnsw::HnswSettings::default();
+    let hnsw = core::graph::HnswSettings::default();
     let out = PyDict::new(py);
     out.set_item("k1", decimal(bm25.k1))?;
     out.set_item("b", decimal(bm25.b))?;
@@ -209,7 +209,8 @@ impl PyIndexBuilder {
         interrupt.result(py.detach(|| builder.add_dense(dense)))
     }
 
-    /// Builds an HNSW graph over the dense vectors.
+    /// Builds an HNSW graph (usearch's) over the dense vectors, adding rows on
+    /// `threads` threads.
     #[pyo3(signature = (*, dtype = None, connectivity = None, expansion_add = None, expansion_search = None, threads = None, progress = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_hnsw(
@@ -316,13 +317,14 @@ fn hnsw_settings(
     connectivity: Option<usize>,
     expansion_add: Option<usize>,
     expansion_search: Option<usize>,
-) -> Result<core::hnsw::HnswSettings> {
-    let defaults = core::hnsw::HnswSettings::default();
-    Ok(core::hnsw::HnswSettings {
-        dtype: dtype.map_or(Ok(defaults.dtype), core::hnsw::Quantization::parse)?,
+) -> Result<core::graph::HnswSettings> {
+    let defaults = core::graph::HnswSettings::default();
+    Ok(core::graph::HnswSettings {
+        dtype: dtype.map_or(Ok(defaults.dtype), core::graph::Quantization::parse)?,
         connectivity: connectivity.unwrap_or(defaults.connectivity),
         expansion_add: expansion_add.unwrap_or(defaults.expansion_add),
         expansion_search: expansion_search.unwrap_or(defaults.expansion_search),
+        ..defaults
     })
 }
 
@@ -331,7 +333,9 @@ fn dense_dtype(name: Option<&str>) -> Result<core::dense::DType> {
     Ok(name.map_or(Ok(core::dense::DType::default()), core::dense::DType::parse)?)
 }
 
-/// Builds an HNSW graph over the dense vectors of the index `dir`; returns the manifest.
+/// Builds an HNSW graph (usearch's) over the dense vectors of the index `dir`,
+/// replacing any graph it had (an older searchr1's graph must be rebuilt this way);
+/// returns the manifest.
 #[pyfunction]
 #[pyo3(signature = (dir, *, dtype = None, connectivity = None, expansion_add = None, expansion_search = None, threads = None, progress = false))]
 #[allow(clippy::too_many_arguments)]
