@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -101,19 +101,33 @@ def demonstrations(retriever: Retriever, qa: Sequence[tuple[str, str]]) -> list[
 
 
 def trained_model(retriever: Retriever, qa: Sequence[tuple[str, str]], steps: int) -> Path:
-    out = CACHE / f"rollout-model-v1-{steps}"
+    """A tiny model trained on :func:`demonstrations` (cached)."""
+    return cached_model(
+        f"rollout-model-v1-{steps}",
+        lambda: ([json.dumps(q) for q in qa], demonstrations(retriever, qa)),
+        SFTConfig(steps=steps, batch_size=16),
+    )
+
+
+def cached_model(
+    name: str,
+    data: Callable[[], tuple[list[str], list[Demonstration]]],
+    config: SFTConfig,
+) -> Path:
+    """``CACHE/name``: a tiny Qwen2 whose tokenizer learns ``data()``'s texts, fine-tuned
+    on its demonstrations; made on first use."""
+    out = CACHE / name
     if (out / "config.json").exists():
         return out
-    texts = [json.dumps(q) for q in qa]
-    config = TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2)
-    path = init_model(out.with_suffix(".tmp"), texts, config)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    texts, demos = data()
+    shape = TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2)
+    path = init_model(out.with_suffix(".tmp"), texts, shape)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(str(path))
-    trajectories = to_trajectories(tok, demonstrations(retriever, qa))
-    losses = sft(model, trajectories, SFTConfig(steps=steps, batch_size=16, lr=3e-3))
-    print(f"  trained the bench model: loss {losses[0]:.2f} -> {losses[-1]:.3f}", file=sys.stderr)
+    losses = sft(model, to_trajectories(tok, demos), config)
+    print(f"  trained {name}: loss {losses[0]:.2f} -> {losses[-1]:.3f}", file=sys.stderr)
     model.save_pretrained(path)
     path.rename(out)
     return out
@@ -225,22 +239,12 @@ def varied_demonstrations(
 
 def varied_model(retriever: Retriever, qa: Sequence[tuple[str, str]], steps: int) -> Path:
     """A tiny model trained on :func:`varied_demonstrations` (cached)."""
-    out = CACHE / f"rollout-varied-v1-{steps}"
-    if (out / "config.json").exists():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    demos = varied_demonstrations(retriever, qa, per_question=8)
-    texts = [p for d in demos for p, _ in d.pieces]
-    config = TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=2)
-    path = init_model(out.with_suffix(".tmp"), texts, config)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path))
-    losses = sft(model, to_trajectories(tok, demos), SFTConfig(steps=steps, batch_size=8))
-    print(f"  trained the varied model: loss {losses[0]:.2f} -> {losses[-1]:.3f}", file=sys.stderr)
-    model.save_pretrained(path)
-    path.rename(out)
-    return out
+    def data() -> tuple[list[str], list[Demonstration]]:
+        demos = varied_demonstrations(retriever, qa, per_question=8)
+        return [p for d in demos for p, _ in d.pieces], demos
+
+    return cached_model(f"rollout-varied-v1-{steps}", data, SFTConfig(steps=steps, batch_size=8))
 
 
 class CountingRetriever:
