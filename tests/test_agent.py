@@ -21,9 +21,12 @@ from searchr1.rollout import (
     tokenize_prompts,
 )
 from searchr1.rollout.agent import run_agent_rollouts
+from sources import Source
 from test_rollout import scripted
 
-LOCKSTEP = RolloutConfig(max_turns=3, max_response_length=24, max_length=360, topk=2)
+LOCKSTEP = RolloutConfig(
+    max_turns=3, max_response_length=24, max_length=360, topk=2, mode="lockstep"
+)
 ASYNC = replace(LOCKSTEP, mode="async", search_wait_ms=1.0)
 
 
@@ -111,7 +114,7 @@ def test_greedy_hf_rollouts_are_the_same_in_both_loops(
     engine = HFEngine.from_pretrained(tiny_model_dir)
     questions = ["who founded Riverton", "who wrote Hamlet", "where is Riverton"] * 2
     prompts = tokenize_prompts(engine.tokenizer, questions)
-    config = RolloutConfig(max_turns=2, max_response_length=16, temperature=0.0)
+    config = RolloutConfig(max_turns=2, max_response_length=16, temperature=0.0, mode="lockstep")
     lockstep = run_rollouts(engine, retriever, prompts, config)
     agent = run_rollouts(engine, retriever, prompts, replace(config, mode="async"))
     same_rollouts(lockstep, agent)
@@ -223,30 +226,13 @@ def test_mode_is_checked() -> None:
         RolloutConfig(search_batch_size=0)
 
 
-class Source:
-    """A RequestSource: starts with ``first``; when a request named in ``then`` is
-    delivered, its follow-ups join."""
-
-    def __init__(self, first: list[Any], then: dict[str, list[Any]]) -> None:
-        self.queue, self.then = list(first), then
-        self.delivered: list[tuple[str, Any]] = []
-
-    def take(self, block: bool) -> list[Any] | None:
-        taken, self.queue = self.queue, []
-        return None if block and not taken else taken
-
-    def deliver(self, request: Any, generation: Any) -> None:
-        self.delivered.append((request.tag, generation))
-        self.queue += self.then.get(request.tag, [])
-
-
 def test_serve_batches_continuously_and_generates_what_each_would_alone(
     tiny_model_dir: Path,
 ) -> None:
     """Rows that join a running batch (their cache padded to its width) and rows that
     leave it early sample, greedily, exactly what they would on their own."""
     from searchr1.rollout import SamplingConfig
-    from searchr1.rollout.hf import Request
+    from searchr1.rollout.engine import Request
 
     engine = HFEngine.from_pretrained(tiny_model_dir)
     tok = engine.tokenizer

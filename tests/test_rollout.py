@@ -269,7 +269,8 @@ def test_search_then_answer(tokenizer: Any) -> None:
     )
     retriever = FakeRetriever()
     prompts = tokenize_prompts(tokenizer, ["q1", "q2", "q3"])
-    result = run_rollouts(engine, retriever, prompts, RolloutConfig(topk=2))
+    # The lockstep loop: one engine call per turn (test_agent.py covers the async one).
+    result = run_rollouts(engine, retriever, prompts, RolloutConfig(topk=2, mode="lockstep"))
     s1, s2, s3 = result.stats
     assert (s1.turns, s1.searches, s1.valid_actions, s1.finished, s1.answer) == (
         2,
@@ -316,7 +317,8 @@ def test_loss_mask_hides_exactly_the_observations(tokenizer: Any) -> None:
 def test_max_turns_then_a_last_turn_without_search(tokenizer: Any) -> None:
     engine = scripted(tokenizer, {"q": ["<search> again </search>"]})
     retriever = FakeRetriever()
-    config = RolloutConfig(max_turns=3)
+    # Lockstep: the async loop would answer the repeated query from its cache.
+    config = RolloutConfig(max_turns=3, mode="lockstep")
     result = run_rollouts(engine, retriever, tokenize_prompts(tokenizer, ["q"]), config)
     stats = result.stats[0]
     assert stats.turns == 4 and stats.searches == 3 and not stats.finished

@@ -25,6 +25,8 @@ from searchr1.rollout import (
     run_rollouts,
     tokenize_prompts,
 )
+from searchr1.rollout.engine import Request
+from sources import Source
 
 pytestmark = [
     pytest.mark.vllm,
@@ -143,7 +145,7 @@ def test_async_rollouts_equal_lockstep(
 ) -> None:
     """rollout.mode=async on vLLM: greedy, the trajectories of the lockstep loop."""
     prompts = tokenize_prompts(hf_engine.tokenizer, QUESTIONS * 2)
-    config = RolloutConfig(max_turns=2, max_response_length=12, temperature=0)
+    config = RolloutConfig(max_turns=2, max_response_length=12, temperature=0, mode="lockstep")
     lockstep = run_rollouts(vllm_engine, retriever, prompts, config)
     agent = run_rollouts(vllm_engine, retriever, prompts, replace(config, mode="async"))
     assert agent.stats == lockstep.stats
@@ -161,3 +163,45 @@ def test_copies_of_a_prompt_sample_different_responses(vllm_engine: VLLMEngine) 
     again = [g.token_ids.tolist() for g in vllm_engine.generate(prompts, sampling)]
     assert len({tuple(ids) for ids in first}) == 4
     assert first == again
+
+
+def test_serve_batches_continuously_and_generates_what_each_would_alone(
+    vllm_engine: VLLMEngine,
+) -> None:
+    """Requests that join vLLM's running batch, and requests that leave it early, get
+    what each would alone; each comes back the step it finishes."""
+    tok = vllm_engine.tokenizer
+    prompts = {
+        tag: np.asarray(tok.encode(q), dtype=np.int64)
+        for tag, q in zip(("long", "short", "late"), QUESTIONS, strict=True)
+    }
+    greedy = SamplingConfig(temperature=0.0, stop=("</search>",))
+    budget = {"long": 24, "short": 3, "late": 6}
+
+    def request(tag: str) -> Request:
+        return Request(prompts[tag], replace(greedy, max_tokens=budget[tag]), tag)
+
+    source = Source([request("long"), request("short")], {"short": [request("late")]})
+    vllm_engine.serve(source)
+    assert [tag for tag, _ in source.delivered] == ["short", "late", "long"]
+    for tag, generation in source.delivered:
+        (alone,) = vllm_engine.generate([prompts[tag]], replace(greedy, max_tokens=budget[tag]))
+        assert generation.token_ids.tolist() == alone.token_ids.tolist(), tag
+        assert generation.finish_reason == alone.finish_reason
+        np.testing.assert_allclose(generation.logprobs, alone.logprobs, atol=1e-4)
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests()
+
+
+def test_async_rollouts_keep_vllms_batch_full(
+    vllm_engine: VLLMEngine, retriever: Retriever
+) -> None:
+    """The async loop (the default) feeds vLLM through ``serve``: a seeded rollout is
+    reproducible, and the copies of a prompt (a GRPO group) sample differently."""
+    prompts = tokenize_prompts(vllm_engine.tokenizer, QUESTIONS[:1] * 4)
+    config = RolloutConfig(max_turns=2, max_response_length=12, temperature=1.0, seed=5)
+    assert config.mode == "async"
+    result = run_rollouts(vllm_engine, retriever, prompts, config)
+    again = run_rollouts(vllm_engine, retriever, prompts, config)
+    assert result.responses == again.responses
+    assert len(set(result.responses)) > 1
+    assert result.metrics()["async/engine_busy"] > 0

@@ -200,8 +200,9 @@ def train_cmd(
     dynamic sampling and overlong shaping are rl.dynamic_sampling and
     rl.overlong_buffer. rollout.protocol=tool_call has an instruct model call
     the search tool in its chat template's own format instead of Search-R1's
-    <search> tags; rollout.mode=async runs each trajectory's turns on its own,
-    without waiting for the batch. See configs/README.md; --print-config shows
+    <search> tags; each trajectory runs its own turns (rollout.mode=async, the
+    default) unless rollout.mode=lockstep makes every turn wait for the whole
+    batch, as Search-R1 does. See configs/README.md; --print-config shows
     every field.
 
     \b
@@ -209,7 +210,7 @@ def train_cmd(
       searchr1 train --config configs/toy.yaml
       searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set run.total_steps=200
       searchr1 train --config configs/toy.yaml --set rl.policy_loss=gspo
-    searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set rollout.protocol=tool_call
+      searchr1 train --config configs/qwen2.5-3b-grpo.yaml --set rollout.protocol=tool_call
       searchr1 train --config configs/toy.yaml --resume
     """
     from searchr1.config import TrainConfig

@@ -117,6 +117,10 @@ class Dist:
     def close(self) -> None:
         """Leaves the job."""
         if self.joined and dist.is_initialized():
+            # Leave together: a rank that tears its group down while another still
+            # finishes (a checkpoint's last writes) can abort in gloo's threads at exit.
+            if self.world > 1:
+                dist.barrier()
             dist.destroy_process_group()
 
     def _device(self) -> torch.device:

@@ -312,7 +312,7 @@ class Trainer:
         seed = cfg.run.seed * 1_000_003 + step + round_no * 7_919_000
         rollout_cfg = replace(cfg.rollout, seed=seed)
         self.engine.wake()
-        result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg)
+        result = run_rollouts(self.engine, self.retriever, prompts, rollout_cfg, mine.start)
         self.engine.sleep()  # the trainer's turn: the engine frees what it can
         return _Turn(examples, torch.from_numpy(groups).to(self.device), mine, result)
 

@@ -37,8 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from searchr1.rollout.engine import Engine, Generation, SamplingConfig
-from searchr1.rollout.hf import Request
+from searchr1.rollout.engine import Engine, Generation, Request, SamplingConfig
 from searchr1.rollout.loop import (
     RolloutConfig,
     RolloutResult,
@@ -313,13 +312,16 @@ class _Loop:
     engine: EngineBatcher | ContinuousBatcher
     search: SearchBatcher
     states: list[TrajectoryState] = field(default_factory=list)
+    #: The index of ``states[0]`` in the whole batch (for the seeds).
+    first_index: int = 0
 
 
 async def _trajectory(loop: _Loop, index: int, state: TrajectoryState) -> None:
     """One trajectory's turns, to its end; the rules are :class:`TrajectoryState`'s.
 
-    Each turn has a seed of its own (from ``rollout.seed``, the trajectory's index and
-    the turn), so that a seeded rollout draws the same whatever the timing."""
+    Each turn has a seed of its own (from ``rollout.seed``, the trajectory's index in
+    the whole batch and the turn), so that a seeded rollout draws the same whatever the
+    timing, and whatever share of the batch this process rolls out."""
     config, protocol, tokenizer = loop.config, loop.protocol, loop.tokenizer
     for turn in range(config.max_turns + 1):
         max_tokens = state.start_turn()
@@ -346,7 +348,7 @@ async def _trajectory(loop: _Loop, index: int, state: TrajectoryState) -> None:
 async def _rollouts(loop: _Loop) -> None:
     try:
         async with asyncio.TaskGroup() as group:
-            for index, state in enumerate(loop.states):
+            for index, state in enumerate(loop.states, start=loop.first_index):
                 group.create_task(_trajectory(loop, index, state))
     except BaseExceptionGroup as errors:
         # The first failure is the one to report (the others are its consequences).
@@ -361,6 +363,7 @@ def run_agent_rollouts(
     retriever: SearchBackend | None,
     prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
     config: RolloutConfig | None = None,
+    first_index: int = 0,
 ) -> RolloutResult:
     """:func:`~searchr1.rollout.run_rollouts` without a turn barrier (module docstring).
 
@@ -375,6 +378,7 @@ def run_agent_rollouts(
         ContinuousBatcher(engine) if hasattr(engine, "serve") else EngineBatcher(engine),
         SearchBatcher(retriever, config.topk, config.search_batch_size, config.search_wait_ms),
         [TrajectoryState(np.asarray(p, dtype=np.int64), config) for p in prompts],
+        first_index,
     )
     started = time.perf_counter()
     _run_coroutine(_rollouts, loop)

@@ -26,6 +26,8 @@ __all__ = [
     "Engine",
     "FinishReason",
     "Generation",
+    "Request",
+    "RequestSource",
     "SamplingConfig",
     "StopHandler",
     "eos_token_ids",
@@ -203,3 +205,26 @@ class StopHandler:
             end = int(eos_at[0]) + 1
             return Generation(ids[:end], lps[:end], "eos")
         return Generation(ids, lps, "length")
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation asked of an engine's ``serve`` (continuous batching: HFEngine,
+    VLLMEngine); ``tag`` is the caller's."""
+
+    prompt: npt.NDArray[np.int64]
+    sampling: SamplingConfig
+    tag: Any = None
+
+
+class RequestSource(Protocol):
+    """Where an engine's ``serve`` takes requests from and hands results to."""
+
+    def take(self, block: bool) -> list[Request] | None:
+        """The requests that arrived (waiting for one if ``block``); None once closed
+        with nothing left."""
+        ...
+
+    def deliver(self, request: Request, generation: Generation) -> None:
+        """Takes a finished request's generation."""
+        ...

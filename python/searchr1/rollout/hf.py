@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,8 @@ from searchr1.hub import local_model
 from searchr1.rollout.engine import (
     FinishReason,
     Generation,
+    Request,
+    RequestSource,
     SamplingConfig,
     StopHandler,
     eos_token_ids,
@@ -30,34 +32,12 @@ from searchr1.rollout.engine import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["HFEngine", "Request", "RequestSource"]
+__all__ = ["HFEngine"]
 
 _RUNNING, _STOP, _EOS = 0, 1, 2
 #: serve(): requests wait to join the batch until they are a quarter of its rows, or
 #: for this many steps at most.
 ADMIT_SHARE, ADMIT_AFTER_STEPS = 4, 16
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation asked of :meth:`HFEngine.serve`; ``tag`` is the caller's."""
-
-    prompt: npt.NDArray[np.int64]
-    sampling: SamplingConfig
-    tag: Any = None
-
-
-class RequestSource(Protocol):
-    """Where :meth:`HFEngine.serve` takes requests from and hands results to."""
-
-    def take(self, block: bool) -> list[Request] | None:
-        """The requests that arrived (waiting for one if ``block``); None once closed
-        with nothing left."""
-        ...
-
-    def deliver(self, request: Request, generation: Generation) -> None:
-        """Takes a finished request's generation."""
-        ...
 
 
 class HFEngine:

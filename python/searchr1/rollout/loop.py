@@ -66,7 +66,7 @@ class RolloutConfig:
     top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 is off"})
     seed: int | None = field(default=None, metadata={"help": "sampling seed (per turn: +turn)"})
     mode: str = field(
-        default="lockstep",
+        default="async",
         metadata={
             "help": "lockstep (every turn waits for the whole batch, as Search-R1) or "
             "async (each trajectory runs its own turns; searches micro-batched)"
@@ -276,19 +276,23 @@ def run_rollouts(
     retriever: SearchBackend | None,
     prompts: Sequence[Sequence[int] | npt.NDArray[np.int64]],
     config: RolloutConfig | None = None,
+    first_index: int = 0,
 ) -> RolloutResult:
     """Rolls out every prompt (token ids, see :func:`tokenize_prompts`) to the end.
 
     ``retriever`` may be None when no search is wanted: every search then fails
     (as with a retriever that is down) and says so in its observation.
     ``config.mode`` picks the loop: ``lockstep`` (below) or ``async``
-    (:func:`searchr1.rollout.agent.run_agent_rollouts`).
+    (:func:`searchr1.rollout.agent.run_agent_rollouts`). ``first_index``: where
+    ``prompts`` start in the whole batch when this process rolls out a share of it;
+    the async loop seeds each trajectory by its index in the whole batch, so that the
+    shares of several ranks draw what one process would.
     """
     config = config or RolloutConfig()
     if config.mode == "async":
         from searchr1.rollout.agent import run_agent_rollouts
 
-        return run_agent_rollouts(engine, retriever, prompts, config)
+        return run_agent_rollouts(engine, retriever, prompts, config, first_index)
     tokenizer = engine.tokenizer
     protocol = make_protocol(config.protocol, tokenizer)
     states = [TrajectoryState(np.asarray(p, dtype=np.int64), config) for p in prompts]

