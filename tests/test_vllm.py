@@ -205,3 +205,21 @@ def test_async_rollouts_keep_vllms_batch_full(
     assert result.responses == again.responses
     assert len(set(result.responses)) > 1
     assert result.metrics()["async/engine_busy"] > 0
+
+
+def test_serve_leaves_no_request_behind_on_an_error(vllm_engine: VLLMEngine) -> None:
+    """An error while serving (here in the caller's hands) aborts the requests still
+    running, so the engine is empty for the next rollout."""
+    prompts = tokenize_prompts(vllm_engine.tokenizer, QUESTIONS)
+    greedy = SamplingConfig(max_tokens=8, temperature=0.0, stop=())
+
+    class Failing(Source):
+        def deliver(self, request: Any, generation: Any) -> None:
+            raise RuntimeError("the caller failed")
+
+    requests = [Request(p, replace(greedy, max_tokens=2 + 6 * i), i) for i, p in enumerate(prompts)]
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        vllm_engine.serve(Failing(requests, {}))
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests()
+    (again,) = vllm_engine.generate(prompts[:1], greedy)
+    assert len(again.token_ids) > 0
