@@ -133,8 +133,16 @@ def _core_option(name: str, *decls: str, help: str, **kwargs: Any) -> Callable[[
 @click.option(
     "--skip-bad", is_flag=True, help="Skip (and count) malformed lines instead of stopping."
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
+@click.option(
+    "--preflight/--no-preflight",
+    default=True,
+    show_default=True,
+    help="Print the disk and memory the build will need (estimated from the corpus's "
+    "size, the vectors' and the graph's) and refuse to start when the disk of --out "
+    "has less room free.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no preflight line.")
+def index_cmd(corpus: Path, out: Path, quiet: bool, preflight: bool, **options: Any) -> None:
     """Build a BM25 (and optionally dense) index of a passage corpus.
 
     The corpus is streamed, never held in memory whole. A malformed line stops the build
@@ -150,7 +158,8 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
     The manifest, written after each stage with checksums of the files, says whether
     the build finished: an index killed mid-build does not open, and --overwrite
     rebuilds it. Ctrl-C stops a build promptly and removes what it wrote.
-    `searchr1 verify` checks every byte of an index later.
+    `searchr1 verify` checks every byte of an index later. Before it starts, the build
+    prints the disk and memory it will need, and stops when the disk lacks the room.
 
     \b
     Example:
@@ -162,6 +171,8 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
     """
     from searchr1.retrieval import Retriever
 
+    if preflight:
+        _preflight(corpus, out, quiet, options)
     started = time.perf_counter()
     with user_errors():
         retriever = Retriever.build(
@@ -176,6 +187,21 @@ def index_cmd(corpus: Path, out: Path, quiet: bool, **options: Any) -> None:
         f"indexed {info['passages']} passages into {out} in {seconds:.1f}s "
         f"({info['passages'] / max(seconds, 1e-9):.0f}/s){skipped}"
     )
+
+
+def _preflight(corpus: Path, out: Path, quiet: bool, options: dict[str, Any]) -> None:
+    """Prints what `index` will need (on standard error, rank 0 only) and stops it,
+    before anything is written, when the disk lacks the room."""
+    from searchr1.retrieval import preflight
+
+    names = ["bm25", "dense_model", "import_faiss", "dtype", "hnsw", "hnsw_dtype"]
+    names += ["memory_mb", "devices", "overwrite"]
+    with user_errors():
+        report = preflight.check(corpus, out, **{k: options[k] for k in names})
+    if not quiet and os.environ.get("RANK", "0") == "0":
+        click.echo(report.line(), err=True)
+    if not report.fits:
+        raise click.ClickException(report.refusal())
 
 
 @click.command("search")
