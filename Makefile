@@ -23,7 +23,7 @@ OFFLINE_PIP := PIP_QUIET=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE) PIP_CONST
 VENV_VLLM := .venv-vllm
 BIN_VLLM := $(CURDIR)/$(VENV_VLLM)/bin
 
-.PHONY: help venv venv-vllm develop check test test-rust test-python test-vllm lint bench cargo-bench wheel demo constraints clean
+.PHONY: help venv venv-vllm develop check test test-rust test-python test-vllm lint lucene bench cargo-bench wheel demo constraints clean
 
 help:
 	@echo "make demo    set up .venv, then run the toy demo on the CPU"
@@ -58,6 +58,17 @@ $(VENV_VLLM)/.deps: constraints-vllm.txt
 
 venv-vllm: $(VENV_VLLM)/.deps
 
+# Lucene for the benches (benches/lucene.py, Java 11+): pyserini and the little it
+# imports beyond the test environment, pinned in constraints-lucene.txt and installed
+# into .venv without resolution (pyserini's own list is long); not in the test extras.
+$(VENV)/.lucene: constraints-lucene.txt $(VENV)/.deps
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip download --quiet --no-deps --dest $(WHEELHOUSE) --requirement constraints-lucene.txt
+	PIP_QUIET=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE) $(BIN)/pip install --no-deps --requirement constraints-lucene.txt
+	touch $@
+
+lucene: $(VENV)/.lucene
+
 # The package in develop mode, with the test extras; an incremental optimised build.
 develop: venv
 	$(OFFLINE_PIP) VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/maturin develop --release --extras test,bench
@@ -87,7 +98,7 @@ lint: develop
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest searchr1._core
 
-bench: develop
+bench: develop lucene
 	$(BIN)/python benches/run.py
 
 cargo-bench: venv

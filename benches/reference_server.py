@@ -5,9 +5,12 @@ model and a plain (sync) endpoint, which FastAPI runs on its thread pool, on uvi
 For BM25 it searches the queries of a request one at a time (pyserini's
 `LuceneSearcher.search`) and returns `{"title", "text", "contents"}` documents; for dense
 retrieval it encodes each request's queries (in batches of 512) and searches a faiss
-flat index. Here the same structure runs on one of these engines (pyserini needs Java
-and a Lucene index, so it stands in):
+flat index. Here the same structure runs on one of these engines:
 
+- `lucene`: Search-R1's own, pyserini's `LuceneSearcher` over a Lucene index built by
+  `lucene.build` (`--lucene-index`), one query per `search` call, each hit's contents
+  read back from the raw row the index stores. Where Lucene cannot run (no Java, no
+  pyserini: see `lucene.unavailable`), this says why and serves `bm25s` instead;
 - `searchr1`: our BM25 index, searched with one query per `Retriever.search` call;
 - `bm25s`: bm25s (k1 0.9, b 0.4, Lucene's formula), one query per `retrieve` call;
 - `dense`: the index's encoder on each request's queries, then faiss `IndexFlatIP`
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +67,27 @@ class OursOneByOne:
             hits = self.retriever.search([query], k=k)[0]
             results.append([_document(h.contents) for h in hits])
             scores.append([h.score for h in hits])
+        return results, scores
+
+
+class LuceneOneByOne:
+    """pyserini's LuceneSearcher with Anserini's default BM25 (k1 0.9, b 0.4), as
+    Search-R1's BM25Retriever runs it: one `search` per query, then each hit's stored
+    raw row parsed for its contents."""
+
+    def __init__(self, index: Path) -> None:
+        # Imports torch, transformers, faiss and onnxruntime too, as Search-R1's does.
+        from pyserini.search.lucene import LuceneSearcher
+
+        self.searcher = LuceneSearcher(str(index))
+
+    def batch_search(self, queries: list[str], k: int) -> tuple[list[list[Any]], list[list[float]]]:
+        results, scores = [], []
+        for query in queries:
+            hits = self.searcher.search(query, k)
+            rows = [json.loads(self.searcher.doc(hit.docid).raw()) for hit in hits]
+            results.append([_document(row["contents"]) for row in rows])
+            scores.append([hit.score for hit in hits])
         return results, scores
 
 
@@ -192,16 +217,30 @@ def make_app(engine: Engine, default_topk: int) -> FastAPI:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", choices=["searchr1", "bm25s", "dense"], required=True)
+    ap.add_argument("--engine", choices=["lucene", "searchr1", "bm25s", "dense"], required=True)
     ap.add_argument("--index", type=Path, required=True, help="searchr1 index directory")
-    ap.add_argument("--corpus", type=Path, help="JSONL corpus (bm25s and dense read it)")
+    ap.add_argument("--lucene-index", type=Path, help="Lucene index directory (lucene)")
+    ap.add_argument(
+        "--corpus", type=Path, help="JSONL corpus (bm25s and dense read it; lucene's fallback)"
+    )
     ap.add_argument("--vectors", type=Path, help=".npy passage vectors (dense)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--topk", type=int, default=3)
     ap.add_argument("--dtype", default="float32", help="what the dense encoder computes in")
     args = ap.parse_args()
     engine: Engine
-    if args.engine == "searchr1":
+    if args.engine == "lucene":
+        import lucene
+
+        reason = lucene.searcher_unavailable()
+        if reason is None and args.lucene_index is None:
+            reason = "no --lucene-index given"
+        if reason is None:
+            engine = LuceneOneByOne(args.lucene_index)
+        else:
+            print(f"Lucene unavailable ({reason}): serving bm25s instead", file=sys.stderr)
+            engine = Bm25sOneByOne(args.corpus)
+    elif args.engine == "searchr1":
         engine = OursOneByOne(args.index)
     elif args.engine == "bm25s":
         engine = Bm25sOneByOne(args.corpus)
