@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -259,11 +260,29 @@ class CountingRetriever:
         return self.inner.search(queries, k)
 
 
+def count_steps(engine: Any) -> Callable[[], int]:
+    """The engine's decoding steps so far: HFEngine counts its own; vLLM's engine
+    steps are counted here."""
+    if isinstance(engine, HFEngine):
+        return lambda: engine.steps
+    core = engine.llm.llm_engine
+    if not hasattr(core, "steps_counted"):
+        step = core.step
+
+        def counted() -> Any:
+            core.steps_counted += 1
+            return step()
+
+        core.steps_counted, core.step = 0, counted
+    return lambda: int(core.steps_counted)
+
+
 def loop_side(
-    engine: HFEngine, retriever: Any, prompts: list[Any], config: RolloutConfig
+    engine: Any, retriever: Any, prompts: list[Any], config: RolloutConfig
 ) -> dict[str, Any]:
     counting = CountingRetriever(retriever)
-    engine.tokens_sampled = 0
+    steps = count_steps(engine)
+    first = steps()
     start = time.perf_counter()
     result = run_rollouts(engine, counting, prompts, config)
     wall = time.perf_counter() - start
@@ -272,7 +291,8 @@ def loop_side(
     turns = [len(s.ids) for t in result.trajectories for s in t.segments if s.generated]
     return {
         "seconds": wall,
-        "tokens": engine.tokens_sampled,
+        "steps": steps() - first,
+        "tokens": sum(turns),
         "busy": busy,
         "search_calls": counting.calls,
         "searches": metrics["searches"],
@@ -287,7 +307,13 @@ def async_part(
     from bench_server import _start, free_port, stop
     from searchr1.retrieval.client import RemoteRetriever
 
-    engine = HFEngine.from_pretrained(varied_model(retriever, qa, args.varied_steps))
+    model = varied_model(retriever, qa, args.varied_steps)
+    if args.engine == "vllm":
+        from searchr1.rollout.vllm import VLLMEngine
+
+        engine: Any = VLLMEngine(model, dtype="float32", max_model_len=4096, enforce_eager=True)
+    else:
+        engine = HFEngine.from_pretrained(model)
     questions = [qa[i % len(qa)][0] for i in range(args.prompts // 4) for _ in range(4)]
     prompts = tokenize_prompts(engine.tokenizer, questions)
     config = RolloutConfig(
@@ -299,17 +325,24 @@ def async_part(
         server = _start([*cmd, "--port", str(port)], port, 1, Path(tmp) / "server.log")
         try:
             remote = RemoteRetriever(f"http://127.0.0.1:{port}")
+            # Both loops are called from a worker thread. vLLM's CPU backend binds the
+            # OpenMP threads of the thread that made the engine to cores: called from
+            # there, the lockstep loop ran up to 10x slower while other work shared the
+            # cores, and the async loop (whose engine runs on a thread of its own) did
+            # not; that would measure the binding, not the loops.
+            pool = ThreadPoolExecutor(1)
             timings = timed_in_turn(
                 {
                     mode: (
-                        lambda mode=mode: loop_side(
-                            engine, remote, prompts, replace(config, mode=mode)
-                        )
+                        lambda mode=mode: pool.submit(
+                            loop_side, engine, remote, prompts, replace(config, mode=mode)
+                        ).result()
                     )
                     for mode in ("lockstep", "async")
                 },
                 args.repeats,
             )
+            pool.shutdown()
         finally:
             stop(server)
     sides = {mode: result | {"seconds": sec} for mode, (sec, result) in timings.items()}
@@ -321,6 +354,10 @@ def async_part(
             (f"{mode}: wall", f"{side['seconds']:.2f} s"),
             (f"{mode}: tokens/s", f"{side['tokens'] / side['seconds']:,.0f} ({side['tokens']:,})"),
             (f"{mode}: engine busy", f"{side['busy']:.0%}"),
+            (
+                f"{mode}: decoding steps",
+                f"{side['steps']:,} ({side['seconds'] / side['steps'] * 1000:.1f} ms each)",
+            ),
             (
                 f"{mode}: search calls",
                 f"{len(calls)}, {statistics.mean(calls):.1f} queries each (max {max(calls)})",
@@ -335,7 +372,8 @@ def async_part(
     rate = (agent["tokens"] / agent["seconds"]) / (lock["tokens"] / lock["seconds"])
     rows.append(("async speed-up (tokens/s)", f"{rate:.2f}x"))
     report(
-        f"Rollouts: lockstep vs async ({len(prompts)} prompts, sampled, up to "
+        f"Rollouts on {type(engine).__name__}: lockstep vs async ({len(prompts)} prompts, "
+        "sampled, up to "
         f"{args.max_response} tokens a turn, search over HTTP) - {machine()}",
         rows,
     )
@@ -358,6 +396,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--varied-steps", type=int, default=400, help="part 3's model")
     parser.add_argument(
         "--parts", default="1,2,3", help="which parts to run, e.g. 3 for lockstep vs async"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="part 3's engine (vllm: run with the vLLM environment's python)",
     )
     args = parser.parse_args(argv)
     parts = {int(p) for p in args.parts.split(",")}

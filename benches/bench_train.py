@@ -2,7 +2,9 @@
 
 Runs GRPO steps of the trainer on the small world and model of bench_rollout (a tiny
 Qwen2 that has learnt the Search-R1 format), on the CPU, and prints the mean time of
-each phase per step. With a CUDA GPU at hand it also times a step of a randomly
+each phase per step; then the rollout phase of the lockstep loop against the async one
+(``rollout.mode``), their steps taken in turn, on bench_rollout's model with varied
+turns (part 3 there). With a CUDA GPU at hand it also times a step of a randomly
 initialised Qwen2.5-0.5B-shaped model in bf16 (HF engine; no weights download).
 """
 
@@ -13,13 +15,14 @@ import json
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_rollout import trained_model, world
+from bench_rollout import trained_model, varied_model, world
 from common import machine, report
 from searchr1 import Retriever
 from searchr1.config import TrainConfig
@@ -29,14 +32,26 @@ PHASES = ("time/rollout", "time/retrieval", "time/forward_old", "time/update", "
 
 
 def config_for(
-    model: Path, tmp: Path, batch: int, group: int, max_response: int, device: str
+    model: Path,
+    tmp: Path,
+    batch: int,
+    group: int,
+    max_response: int,
+    device: str,
+    mode: str = "async",
+    max_turns: int = 2,
 ) -> TrainConfig:
     return TrainConfig.from_dict(
         {
             "model": {"path": str(model), "device": device},
             "data": {"train_files": [str(tmp / "train.jsonl")]},
             "retrieval": {"index": str(tmp / "index")},
-            "rollout": {"max_turns": 2, "max_response_length": max_response, "topk": 3},
+            "rollout": {
+                "max_turns": max_turns,
+                "max_response_length": max_response,
+                "topk": 3,
+                "mode": mode,
+            },
             "rl": {
                 "algorithm": "grpo",
                 "batch_size": batch,
@@ -53,12 +68,24 @@ def config_for(
 
 def time_steps(trainer: Trainer, steps: int) -> dict[str, float]:
     """Mean seconds per phase over ``steps`` steps (after one warm-up step)."""
-    trainer.step()
-    rows = [trainer.step() for _ in range(steps)]
-    out = {key: statistics.mean(r[key] for r in rows) for key in (*PHASES, "time/step")}
-    out["searches"] = statistics.mean(r["searches"] for r in rows)
-    out["response_length"] = statistics.mean(r["response_length"] for r in rows)
-    return out
+    return time_in_turn({"": trainer}, steps)[""]
+
+
+def time_in_turn(trainers: dict[str, Trainer], steps: int) -> dict[str, dict[str, float]]:
+    """:func:`time_steps` for several trainers, their steps taken in turn (so that a
+    change in the machine's load falls on all of them)."""
+    for trainer in trainers.values():
+        trainer.step()
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in trainers}
+    for _ in range(steps):
+        for name, trainer in trainers.items():
+            rows[name].append(trainer.step())
+    return {name: _means(r) for name, r in rows.items()}
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = (*PHASES, "time/step", "searches", "response_length")
+    return {key: statistics.mean(r[key] for r in rows) for key in keys}
 
 
 def breakdown(title: str, t: dict[str, float]) -> None:
@@ -115,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=8, help="prompts per step")
     parser.add_argument("--group", type=int, default=4, help="responses per prompt")
     parser.add_argument("--train-steps", type=int, default=300, help="bench_rollout's model")
+    parser.add_argument(
+        "--varied-steps", type=int, default=400, help="bench_rollout's varied model (part 3)"
+    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     corpus, qa = world()
@@ -131,6 +161,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"GRPO step on the CPU, tiny model, {args.batch} prompts x {args.group} "
             f"(mean of {args.steps}) - {machine()}",
             t,
+        )
+        # The rollout phase in both loops, on bench_rollout's varied turns (1-4
+        # searches, 7-321-token turns): one trainer per loop, the same seeds.
+        varied = varied_model(retriever, qa, args.varied_steps)
+        trainers = {}
+        for mode in ("lockstep", "async"):
+            config = config_for(varied, tmp, args.batch, args.group, 500, "cpu", mode, 4)
+            config = replace(config, run=replace(config.run, output_dir=str(tmp / mode)))
+            trainers[mode] = Trainer(config)
+        rows = []
+        for mode, t in time_in_turn(trainers, args.steps).items():
+            results[f"rollout_{mode}"] = t
+            rows.append(
+                (
+                    f"{mode}: rollout / step",
+                    f"{t['time/rollout']:.2f} s / {t['time/step']:.2f} s "
+                    f"({t['searches']:.2f} searches/question, "
+                    f"{t['response_length']:.0f} response tokens)",
+                )
+            )
+        lock, agent = results["rollout_lockstep"], results["rollout_async"]
+        rows.append(
+            ("async speed-up, rollout", f"{lock['time/rollout'] / agent['time/rollout']:.2f}x")
+        )
+        rows.append(("async speed-up, step", f"{lock['time/step'] / agent['time/step']:.2f}x"))
+        report(
+            f"GRPO step's rollout phase: lockstep vs async (HFEngine, {args.batch} prompts x "
+            f"{args.group}, up to 4 searches and 500 tokens a turn, mean of {args.steps}) "
+            f"- {machine()}",
+            rows,
         )
         if torch.cuda.is_available():
             big = qwen05_shaped(tmp)

@@ -59,10 +59,11 @@ class HFEngine:
         )
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
-        #: Running totals: tokens sampled for running rows, and rows computed per step
-        #: (the compute spent, finished rows not yet dropped included).
+        #: Running totals: tokens sampled for running rows, rows computed per step (the
+        #: compute spent, finished rows not yet dropped included), and decoding steps.
         self.tokens_sampled = 0
         self.row_steps = 0
+        self.steps = 0
         #: Seconds :meth:`serve` spent running the model.
         self.serve_seconds = 0.0
 
@@ -188,6 +189,7 @@ class HFEngine:
                 live_rows = rows[live]
                 self.row_steps += len(rows)
                 self.tokens_sampled += len(live_rows)
+                self.steps += 1
                 out_ids[live_rows, step] = tok[live]
                 out_lps[live_rows, step] = logprobs.cpu().numpy()[live]
                 out_len[live_rows] = step + 1
@@ -456,6 +458,7 @@ class _Batch:
         eos = np.isin(tok, np.asarray(engine.eos_token_ids, dtype=np.int64))
         engine.row_steps += len(self.rows)
         engine.tokens_sampled += len(self.rows)
+        engine.steps += 1
         finished, running = [], []
         for i, row in enumerate(self.rows):
             row.ids.append(int(tok[i]))
