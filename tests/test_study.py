@@ -134,6 +134,8 @@ def test_the_study_config_refuses_nonsense() -> None:
         StudyConfig(seeds=(0, 0))
     with pytest.raises(ValueError, match="eval_every"):
         StudyConfig(eval_every=-1)
+    with pytest.raises(ValueError, match="jobs"):
+        StudyConfig(jobs=0)
     config = StudyConfig(out="x", seeds=(4,))
     assert config.seed_config(4) == replace(DemoConfig(), out=str(Path("x") / "seed4"), seed=4)
 
@@ -151,7 +153,7 @@ def test_study_command_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> No
     assert result.exit_code == 0, result.output
     assert seen[-1] == StudyConfig()
     args = ["study", "--out", "x", "--seed", "1", "--seed", "2", "--arm", "rag", "--arm", "ppo"]
-    args += ["--rl-steps", "7", "--eval-every", "0", "--set", "rl.kl_coef=0"]
+    args += ["--rl-steps", "7", "--eval-every", "0", "--jobs", "2", "--set", "rl.kl_coef=0"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert seen[-1] == StudyConfig(
@@ -159,6 +161,7 @@ def test_study_command_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> No
         seeds=(1, 2),
         arms=("rag", "ppo"),
         eval_every=0,
+        jobs=2,
         demo=DemoConfig(train_overrides=("rl.kl_coef=0", "run.total_steps=7")),
     )
     result = runner.invoke(main, ["study", "--quick", "--seed", "5"])
@@ -204,3 +207,14 @@ def test_the_quick_study_runs_every_arm(tmp_path: Path) -> None:
     again = run_study(config, log=lines.append)
     assert again["summary"] == report["summary"]
     assert sum("reusing" in line for line in lines) == 1 + len(ARMS)  # warm start, arms
+
+    # Two arms at once, each in a process of its own, on the same prepared world.
+    for arm in ("direct", "grpo"):
+        (out / "seed0" / arm / "result.json").unlink()
+    lines.clear()
+    both = run_study(replace(config, arms=("direct", "grpo"), jobs=2), log=lines.append)
+    assert sum("reusing" in line for line in lines) == 1  # the warm start
+    assert [line.split()[0] for line in lines if line.startswith("[")] == ["[grpo]", "[direct]"]
+    for arm in ("direct", "grpo"):
+        assert (out / "seed0" / arm / "result.json").exists(), arm
+        assert 0 <= both["summary"][arm]["em"] <= 1, arm

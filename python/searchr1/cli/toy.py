@@ -315,6 +315,13 @@ def demo_cmd(
     type=click.IntRange(0),
     help="Held-out EM every N RL steps, for the plot (0: never) [default: 20; --quick: 4].",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Arms run at once, each in a process of its own with the cores shared out.",
+)
 @overrides_option("Change one field of every RL arm's run config (configs/toy.yaml; repeatable).")
 def study_cmd(
     out: str,
@@ -323,6 +330,7 @@ def study_cmd(
     quick: bool,
     rl_steps: int | None,
     eval_every: int | None,
+    jobs: int,
     overrides: tuple[str, ...],
 ) -> None:
     """The Search-R1 paper's comparisons, reproduced on the toy world.
@@ -348,6 +356,7 @@ def study_cmd(
             seeds=seeds or config.seeds,
             arms=arms or config.arms,
             eval_every=config.eval_every if eval_every is None else eval_every,
+            jobs=jobs,
             demo=replace(
                 config.demo,
                 train_overrides=(

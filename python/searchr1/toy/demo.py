@@ -154,6 +154,22 @@ def prepare(config: DemoConfig, log: Callable[[str], None] = print) -> Prepared:
     return Prepared(config, paths, retriever, rl_config, base_dir, sft_dir)
 
 
+def reopen(config: DemoConfig) -> Prepared:
+    """What :func:`prepare` built under ``config.out``, opened as it stands: nothing is
+    rebuilt or written, so processes can share one prepared world."""
+    from searchr1.retrieval import Retriever
+
+    out = Path(config.out)
+    paths = {name: out / "world" / f"{name}.jsonl" for name in ("corpus", "train", "test")}
+    paths["manifest"] = out / "world" / "world.json"
+    sft_dir = out / "sft-model"
+    if not (sft_dir / "demo-sft.json").exists():
+        raise FileNotFoundError(f"{out} holds no prepared world (run prepare first)")
+    base_dir = out / "copy-model" if config.warm_start.copy_steps else out / "init-model"
+    rl_config = train_config(config, paths)
+    return Prepared(config, paths, Retriever.open(out / "index"), rl_config, base_dir, sft_dir)
+
+
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every stage; returns the before/after metrics (also in ``out/demo.json``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -27,7 +27,9 @@ the same settings is reused, so an interrupted study goes on where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -125,6 +127,10 @@ class StudyConfig:
         default=20,
         metadata={"help": "RL arms: held-out EM every N steps, for the plot (0: never)"},
     )
+    jobs: int = field(
+        default=1,
+        metadata={"help": "arms run at once, each in a process of its own (cores / jobs threads)"},
+    )
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def __post_init__(self) -> None:
@@ -138,6 +144,8 @@ class StudyConfig:
             )
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
 
     def seed_config(self, seed: int) -> DemoConfig:
         """The demo settings of one seed: its own directory, its own world."""
@@ -179,9 +187,12 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
         began = time.perf_counter()
         prepared = prepare(config.seed_config(seed), log)
         prepare_minutes[seed] = (time.perf_counter() - began) / 60
-        results[seed] = {
-            name: _run_arm(prepared, ARMS[name], config.eval_every, log) for name in config.arms
-        }
+        if config.jobs > 1:
+            results[seed] = _run_arms_at_once(config, seed, log)
+        else:
+            results[seed] = {
+                name: _run_arm(prepared, ARMS[name], config.eval_every, log) for name in config.arms
+            }
     summary = summarize_arms(results)
     rl_steps = prepared.rl_config.run.total_steps
     report = {
@@ -206,6 +217,42 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
         log(f"plot: {plot}")
     log(f"total: {report['minutes']:.1f} min; everything is in {out}/")
     return report
+
+
+def _run_arms_at_once(
+    config: StudyConfig, seed: int, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """The arms of one prepared seed, ``config.jobs`` at a time, each in a process of
+    its own with a share of the cores: a tiny model makes poor use of a second
+    thread, so arms side by side may finish sooner than one after another."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, len(os.sched_getaffinity(0)) // config.jobs)
+    # The RL arms first: the last to start should be a short one.
+    order = sorted(config.arms, key=lambda name: ARMS[name].kind != "rl")
+    log(f"== {len(order)} arms, {config.jobs} at a time, {threads} thread(s) each")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
+        futures = {name: pool.submit(_arm_job, config, seed, name, threads) for name in order}
+        done = {name: futures[name].result() for name in order}
+    for name in order:
+        log(f"[{name}] em {done[name]['em']:.3f} ({done[name]['minutes']:.1f} min)")
+    return {name: done[name] for name in config.arms}
+
+
+def _arm_job(config: StudyConfig, seed: int, name: str, threads: int) -> dict[str, Any]:
+    """One arm in a worker process; it logs to stderr as it goes, its lines marked."""
+    import torch
+
+    from searchr1.toy.demo import reopen
+
+    torch.set_num_threads(threads)
+
+    def log(line: str) -> None:
+        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+
+    return _run_arm(reopen(config.seed_config(seed)), ARMS[name], config.eval_every, log)
 
 
 def _held_out(prepared: Prepared) -> int:
