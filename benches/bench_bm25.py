@@ -127,7 +127,9 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_bm25s(corpus: Path, queries: list[str], k: int, threads: int) -> dict[str, object]:
+def bm25s_index(corpus: Path) -> tuple[Any, Any, list[str], float, float]:
+    """bm25s's index of a JSONL corpus: the model, its stemmer, the passage ids, and the
+    seconds spent loading the JSON and building (tokenising included)."""
     import bm25s
     import Stemmer
 
@@ -142,9 +144,16 @@ def run_bm25s(corpus: Path, queries: list[str], k: int, threads: int) -> dict[st
     stemmer = Stemmer.Stemmer("english")
     start = time.perf_counter()
     tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+    del texts
     model = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
     model.index(tokens, show_progress=False)
-    build = time.perf_counter() - start
+    return model, stemmer, ids, load, time.perf_counter() - start
+
+
+def run_bm25s(corpus: Path, queries: list[str], k: int, threads: int) -> dict[str, object]:
+    import bm25s
+
+    model, stemmer, ids, load, build = bm25s_index(corpus)
     warm = bm25s.tokenize(queries[:50], stopwords="en", stemmer=stemmer, show_progress=False)
     model.retrieve(warm, k=k, n_threads=threads, show_progress=False)
     start = time.perf_counter()

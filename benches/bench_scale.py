@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_bm25 import CACHE, corpus_and_queries
+from bench_bm25 import CACHE, bm25s_index, corpus_and_queries
 from bench_dense import EF_SEARCH, recall_at, vectors
 from common import machine, peak_rss_mb, report, run_side
 
@@ -226,25 +226,9 @@ def lucene_search(p: dict[str, Any]) -> dict[str, Any]:
 
 def bm25s_side(p: dict[str, Any]) -> dict[str, Any]:
     import bm25s
-    import Stemmer
 
     path, queries = corpus(p["passages"], p["queries"])
-    start = time.perf_counter()
-    ids, texts = [], []
-    with path.open() as f:
-        for line in f:
-            row = json.loads(line)
-            ids.append(row["id"])
-            texts.append(row["contents"])
-    load = time.perf_counter() - start
-    stemmer = Stemmer.Stemmer("english")
-    start = time.perf_counter()
-    tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
-    del texts
-    model = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
-    model.index(tokens, show_progress=False)
-    build = time.perf_counter() - start
-    del tokens
+    model, stemmer, ids, load, build = bm25s_index(path)
 
     def retrieve(k: int) -> list[list[int]]:
         q = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False)
