@@ -223,8 +223,7 @@ def _run_arms_at_once(
     config: StudyConfig, seed: int, log: Callable[[str], None]
 ) -> dict[str, dict[str, Any]]:
     """The arms of one prepared seed, ``config.jobs`` at a time, each in a process of
-    its own with a share of the cores: a tiny model makes poor use of a second
-    thread, so arms side by side may finish sooner than one after another."""
+    its own with a share of the cores."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
