@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t,
         )
         # The rollout phase in both loops, on bench_rollout's varied turns (1-4
-        # searches, 7-321-token turns): one trainer per loop, the same seeds.
+        # searches, thoughts of 10-250 words): one trainer per loop, the same seeds.
         varied = varied_model(retriever, qa, args.varied_steps)
         trainers = {}
         for mode in ("lockstep", "async"):

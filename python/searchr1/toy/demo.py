@@ -24,12 +24,14 @@ from searchr1.toy.models import TinyModelConfig, init_model
 from searchr1.toy.warmstart import WarmStartConfig, stage, warm_start_model
 
 __all__ = [
+    "SFT_MARKER",
     "TOY_CONFIG",
     "DemoConfig",
     "Prepared",
     "comparison",
     "prepare",
     "quick",
+    "reopen",
     "run_demo",
     "train_config",
 ]
@@ -37,6 +39,8 @@ __all__ = [
 
 #: The demo's RL settings: the toy config shipped with the package (configs/toy.yaml).
 TOY_CONFIG = Path(__file__).with_name("toy.yaml")
+#: The file in ``sft-model/`` that holds the warm start's settings (written last).
+SFT_MARKER = "demo-sft.json"
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,9 @@ def prepare(config: DemoConfig, log: Callable[[str], None] = print) -> Prepared:
     retriever = Retriever.build(paths["corpus"], out / "index", threads=1)
     done()
 
-    init_dir, sft_dir = out / "init-model", out / "sft-model"
-    base_dir = out / "copy-model" if warm.copy_steps else init_dir
+    init_dir, base_dir, sft_dir = _model_dirs(config)
     sft_key = json.dumps(_sft_key(config, warm), sort_keys=True)
-    marker = sft_dir / "demo-sft.json"
+    marker = sft_dir / SFT_MARKER
     if marker.exists() and marker.read_text() == sft_key and (base_dir / "config.json").exists():
         # The warm start of these very settings is there already (a re-run, or a run
         # that stopped during RL): reuse it.
@@ -158,16 +161,25 @@ def reopen(config: DemoConfig) -> Prepared:
     """What :func:`prepare` built under ``config.out``, opened as it stands: nothing is
     rebuilt or written, so processes can share one prepared world."""
     from searchr1.retrieval import Retriever
+    from searchr1.toy.world import world_paths
 
     out = Path(config.out)
-    paths = {name: out / "world" / f"{name}.jsonl" for name in ("corpus", "train", "test")}
-    paths["manifest"] = out / "world" / "world.json"
-    sft_dir = out / "sft-model"
-    if not (sft_dir / "demo-sft.json").exists():
+    paths = world_paths(out / "world")
+    _, base_dir, sft_dir = _model_dirs(config)
+    if not (sft_dir / SFT_MARKER).exists():
         raise FileNotFoundError(f"{out} holds no prepared world (run prepare first)")
-    base_dir = out / "copy-model" if config.warm_start.copy_steps else out / "init-model"
     rl_config = train_config(config, paths)
     return Prepared(config, paths, Retriever.open(out / "index"), rl_config, base_dir, sft_dir)
+
+
+def _model_dirs(config: DemoConfig) -> tuple[Path, Path, Path]:
+    """The models :func:`prepare` makes under ``config.out``: the random one, the one
+    SFT starts from (copy pre-trained, or the random one without copy pre-training),
+    and the warm start."""
+    out = Path(config.out)
+    init_dir = out / "init-model"
+    base_dir = out / "copy-model" if config.warm_start.copy_steps else init_dir
+    return init_dir, base_dir, out / "sft-model"
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import numpy as np
 from searchr1.config import RLConfig, TrainConfig
 from searchr1.data import QAExample
 from searchr1.rollout.loop import RolloutConfig, SearchBackend
-from searchr1.toy.demo import DemoConfig, Prepared, prepare
+from searchr1.toy.demo import SFT_MARKER, DemoConfig, Prepared, prepare
 from searchr1.toy.demo import quick as quick_demo
 from searchr1.toy.warmstart import stage
 
@@ -297,7 +297,7 @@ def _run_arm(
     arm_dir = Path(rl_config.run.output_dir)
     key = {
         "arm": arm.name,
-        "warm_start": (prepared.sft_dir / "demo-sft.json").read_text(),
+        "warm_start": (prepared.sft_dir / SFT_MARKER).read_text(),
         "rollout": asdict(rl_config.rollout),
         "val_size": rl_config.data.val_size,
         "topk": arm.topk,

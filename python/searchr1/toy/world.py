@@ -66,6 +66,7 @@ __all__ = [
     "article",
     "build_world",
     "read_world",
+    "world_paths",
     "write_world",
 ]
 
@@ -357,12 +358,21 @@ def _ask(config: WorldConfig, entities: Sequence[Entity]) -> list[ToyQuestion]:
     return out
 
 
+def world_paths(out_dir: str | Path) -> dict[str, Path]:
+    """Where :func:`write_world` puts a world's files: ``corpus``, ``train``, ``test``
+    and ``manifest``."""
+    out = Path(out_dir)
+    paths = {name: out / f"{name}.jsonl" for name in ("corpus", "train", "test")}
+    paths["manifest"] = out / "world.json"
+    return paths
+
+
 def write_world(world: World, out_dir: str | Path) -> dict[str, Path]:
     """Writes ``corpus.jsonl``, ``train.jsonl``, ``test.jsonl`` and ``world.json`` (the
     config and the counts) into ``out_dir`` (made if needed); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / f"{name}.jsonl" for name in ("corpus", "train", "test")}
+    paths = world_paths(out)
     tables: dict[str, list[dict[str, Any]]] = {
         "corpus": list(world.corpus()),
         "train": world.questions("train"),
@@ -382,9 +392,8 @@ def write_world(world: World, out_dir: str | Path) -> dict[str, Path]:
             "test_questions": len(tables["test"]),
             "two_hop_questions": sum(len(q.hops) == 2 for q in world.all_questions),
         },
-        "files": {name: path.name for name, path in paths.items()},
+        "files": {name: paths[name].name for name in tables},
     }
-    paths["manifest"] = out / "world.json"
     paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return paths
 
