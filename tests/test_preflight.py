@@ -168,6 +168,13 @@ def test_dense_model_size_comes_from_its_config(tmp_path: Path) -> None:
     text_bytes, passages = corpus_size(corpus)
     assert report.need == estimate(text_bytes, passages, dim=384, dtype="i8", model_bytes=5000)
     assert not report.dense_unknown
+    # Each device's process loads the encoder.
+    three = preflight.check(corpus, tmp_path / "out", dense_model=model, devices="cpu,cpu,cpu")
+    assert (
+        three.need.memory
+        == estimate(text_bytes, passages, dim=384, shards=True, model_bytes=5000, encoders=3).memory
+    )
+    assert three.need.memory - report.need.memory == 2 * 5000
     (model / "config.json").unlink()
     report = preflight.check(corpus, tmp_path / "out", dense_model=model)
     assert report.dense_unknown and "not counted" in report.line()

@@ -81,6 +81,7 @@ def estimate(
     memory_mb: int = 512,
     shards: bool = False,
     model_bytes: int = 0,
+    encoders: int = 1,
 ) -> Estimate:
     """What indexing ``corpus_bytes`` bytes of JSONL text holding ``passages`` passages
     needs. ``dim``: the size of the dense vectors, stored as ``dtype`` (None: none);
@@ -88,7 +89,8 @@ def estimate(
     ``hnsw_dtype``, built in memory. ``shards``: the vectors are encoded into f32 shards
     first (``--devices``, torchrun), which stay until they are committed. ``memory_mb``
     caps the BM25 indexer's memory; ``model_bytes`` the encoder's weights, when passages
-    are encoded in this process.
+    are encoded on this machine, by ``encoders`` processes (one per ``--devices``
+    device), each of which loads them into memory first.
 
     The passage store is at most the corpus's text (a row holds the id and the
     contents, without the JSON around them); see the module's constants for the rest.
@@ -104,7 +106,7 @@ def estimate(
         disk += passages * vector_bytes(dim, dtype)
         if shards:
             disk += passages * vector_bytes(dim, "f16" if dtype == "f16" else "f32")
-        memory += model_bytes
+        memory += model_bytes * encoders
         if hnsw:
             node = dim * VALUE_BYTES[hnsw_dtype] + HNSW_NODE_BYTES
             graph = passages * (node + HNSW_LINK_BYTES * connectivity)
@@ -224,6 +226,7 @@ def check(
     text_bytes, passages = corpus_size(corpus)
     dim, model_bytes = None, 0
     dense = dense_model is not None or import_faiss is not None
+    encoders = 1
     if import_faiss is not None:
         from searchr1.retrieval.faiss_import import open_faiss
 
@@ -231,6 +234,10 @@ def check(
         dim, passages = vectors.dim, vectors.rows
     elif dense_model is not None:
         dim, model_bytes = _model_size(dense_model)
+        if devices is not None:
+            from searchr1.retrieval.sharded import parse_devices
+
+            encoders = len(parse_devices(devices))
     need = estimate(
         text_bytes,
         passages,
@@ -243,6 +250,7 @@ def check(
         memory_mb=memory_mb or DEFAULTS["memory_mb"],
         shards=dense_model is not None and import_faiss is None and _sharded(devices),
         model_bytes=model_bytes,
+        encoders=encoders,
     )
     where = _existing(out)
     free = shutil.disk_usage(where).free
