@@ -63,7 +63,8 @@ def corpus_and_queries(passages: int, queries: int, seed: int = 0) -> tuple[Path
     vocab = make_vocab(60_000, rng)
     words = np.array(vocab)
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        # Its own name: two benches may make the same corpus at once.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with tmp.open("w") as f:
             for start in range(0, passages, 10_000):
                 n = min(10_000, passages - start)

@@ -83,7 +83,8 @@ def corpus(passages: int, queries: int) -> tuple[Path, list[str]]:
                 larger.append((n, p))
         if larger:
             source = min(larger)[1]
-            tmp = path.with_suffix(".tmp")
+            # Its own name: two benches may make the same corpus at once.
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             with source.open("rb") as src, tmp.open("wb") as dst:
                 for _ in range(passages):
                     dst.write(src.readline())
