@@ -214,7 +214,8 @@ def _preflight(corpus: Path, out: Path, quiet: bool, options: dict[str, Any]) ->
     default="bm25",
     show_default=True,
     type=click.Choice(MODES),
-    help="BM25, dense (exact inner product), or hybrid (reciprocal rank fusion).",
+    help="BM25, dense (inner product; through the HNSW graph when the index has one, "
+    "unless --exact), or hybrid (reciprocal rank fusion).",
 )
 @click.option(
     "--device",

@@ -262,7 +262,8 @@ def demo_cmd(
     prints the before/after table (EM, search rate, turns, valid actions) on held-out
     questions, with a plot of the training curves.
     Everything lands in --out; a re-run with the same settings reuses the warm start.
-    The warm-start options default to those of `searchr1 sft` and `init-model`.
+    The warm-start options default to those of `searchr1 sft`, and --copy-steps to
+    1200 (init-model's is 0).
     """
     from searchr1.toy import demo
 

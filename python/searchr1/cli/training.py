@@ -108,7 +108,7 @@ def eval_cmd(
 
     \b
     Example:
-      searchr1 eval --model runs/toy/grpo/checkpoints/step_000040/actor \\
+      searchr1 eval --model runs/toy/grpo/checkpoints/step_000120/actor \\
           --index runs/toy/index --data runs/toy/world/test.jsonl --max-turns 2
     """
     from searchr1.data import load_qa
@@ -190,8 +190,9 @@ def train_cmd(
 
     Each step rolls out questions with search, scores the answers, and updates the
     policy on the tokens it generated (retrieved tokens are masked). Metrics go to
-    OUTPUT_DIR/metrics.jsonl (and TensorBoard or wandb when installed); checkpoints
-    to OUTPUT_DIR/checkpoints/step_N, each with a loadable model in actor/.
+    OUTPUT_DIR/metrics.jsonl (and TensorBoard when installed, wandb when
+    run.wandb_project is set); checkpoints to OUTPUT_DIR/checkpoints/step_NNNNNN, each
+    with a loadable model in actor/.
 
     The advantage estimator is rl.algorithm (grpo, ppo, rloo, reinforce++); the
     policy loss is rl.policy_loss (ppo, gspo, cispo), clipped by rl.clip and

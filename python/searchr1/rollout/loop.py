@@ -1,7 +1,9 @@
 """The multi-turn rollout loop: generate, act, search, observe; then pack.
 
 The turn protocol (``rollout.protocol``, see :mod:`searchr1.rollout.protocol`) says
-where a turn stops, what its action is and what text follows it. Each turn generates
+where a turn stops, what its action is and what text follows it. ``rollout.mode`` picks
+the loop: ``async`` (the default, :mod:`searchr1.rollout.agent`) runs each trajectory's
+turns on its own; ``lockstep``, here, is Search-R1's. Each lockstep turn generates
 for every running trajectory in one engine call, parses each turn's action, sends every
 search of the turn to the retriever in one batched call, and appends the observation as
 an injected segment (no loss); a search that fails (after RemoteRetriever's own
@@ -64,7 +66,13 @@ class RolloutConfig:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling; 1 is off"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling; 0 is off"})
-    seed: int | None = field(default=None, metadata={"help": "sampling seed (per turn: +turn)"})
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "sampling seed: lockstep seeds each turn (+turn), async each "
+            "trajectory (see agent.py); train sets it every step from run.seed"
+        },
+    )
     mode: str = field(
         default="async",
         metadata={

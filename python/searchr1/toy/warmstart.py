@@ -379,7 +379,7 @@ def reading_demonstrations(
         other = reading_world(world, i)
         with tempfile.TemporaryDirectory(prefix="searchr1-reading-") as tmp:
             corpus = write_world(other, tmp)["corpus"]
-            # One thread: tied hits in the same order on every run (see the demo).
+            # One thread is plenty for a corpus this small.
             retriever = Retriever.build(corpus, Path(tmp) / "index", threads=1, progress=False)
             for split in SPLITS:
                 questions = other.split(split)
