@@ -15,23 +15,34 @@ use crate::error::IndexError;
 pub(crate) const DATA: &str = "passages.bin";
 pub(crate) const OFFSETS: &str = "passages.idx";
 
-/// Appends passages; [`DocStoreWriter::finish`] writes the offsets.
+/// Appends passages, writing their offsets as it goes (so that its memory stays flat
+/// however many passages it stores).
 pub struct DocStoreWriter {
     dir: PathBuf,
     data: BufWriter<File>,
-    offsets: Vec<u64>,
+    offsets: BufWriter<File>,
+    /// The offset after the last passage.
+    end: u64,
+    rows: usize,
 }
 
 impl DocStoreWriter {
     pub fn create(dir: &Path) -> Result<Self, IndexError> {
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
-        let path = dir.join(DATA);
-        let file = File::create(&path).map_err(|e| IndexError::io(&path, e))?;
-        Ok(DocStoreWriter {
+        let create = |name: &str| {
+            let path = dir.join(name);
+            let file = File::create(&path).map_err(|e| IndexError::io(&path, e))?;
+            Ok::<_, IndexError>(BufWriter::with_capacity(1 << 20, file))
+        };
+        let mut writer = DocStoreWriter {
             dir: dir.to_owned(),
-            data: BufWriter::with_capacity(1 << 20, file),
-            offsets: vec![0],
-        })
+            data: create(DATA)?,
+            offsets: create(OFFSETS)?,
+            end: 0,
+            rows: 0,
+        };
+        writer.write_offset()?;
+        Ok(writer)
     }
 
     pub fn add(&mut self, id: &str, contents: &str) -> Result<(), IndexError> {
@@ -45,14 +56,19 @@ impl DocStoreWriter {
         self.data.write_all(id.as_bytes()).map_err(io)?;
         self.data.write_all(b"\0").map_err(io)?;
         self.data.write_all(contents.as_bytes()).map_err(io)?;
-        let last = *self.offsets.last().expect("starts with 0");
+        self.end += id.len() as u64 + 1 + contents.len() as u64;
+        self.rows += 1;
+        self.write_offset()
+    }
+
+    fn write_offset(&mut self) -> Result<(), IndexError> {
         self.offsets
-            .push(last + id.len() as u64 + 1 + contents.len() as u64);
-        Ok(())
+            .write_all(&self.end.to_le_bytes())
+            .map_err(|e| IndexError::io(&self.dir.join(OFFSETS), e))
     }
 
     pub fn len(&self) -> usize {
-        self.offsets.len() - 1
+        self.rows
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,15 +76,11 @@ impl DocStoreWriter {
     }
 
     pub fn finish(mut self) -> Result<(), IndexError> {
-        let data = self.dir.join(DATA);
-        self.data.flush().map_err(|e| IndexError::io(&data, e))?;
-        let path = self.dir.join(OFFSETS);
-        let mut out = BufWriter::new(File::create(&path).map_err(|e| IndexError::io(&path, e))?);
-        for off in &self.offsets {
-            out.write_all(&off.to_le_bytes())
-                .map_err(|e| IndexError::io(&path, e))?;
+        for (file, name) in [(&mut self.data, DATA), (&mut self.offsets, OFFSETS)] {
+            file.flush()
+                .map_err(|e| IndexError::io(&self.dir.join(name), e))?;
         }
-        out.flush().map_err(|e| IndexError::io(&path, e))
+        Ok(())
     }
 }
 
@@ -153,6 +165,18 @@ mod tests {
         assert_eq!(s.get(0).unwrap(), ("a".into(), "\"T\"\nbody é".into()));
         assert_eq!(s.get(1).unwrap(), ("b".into(), "".into()));
         assert!(s.get(2).is_err());
+        assert_eq!(std::fs::metadata(dir.join(OFFSETS)).unwrap().len(), 3 * 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_store_opens() {
+        let dir = std::env::temp_dir().join(format!("searchr1-docstore-empty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DocStoreWriter::create(&dir).unwrap().finish().unwrap();
+        let s = DocStore::open(&dir).unwrap();
+        assert!(s.is_empty());
+        assert!(s.get(0).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
