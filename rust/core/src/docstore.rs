@@ -51,8 +51,8 @@ impl DocStoreWriter {
                 "passage id {id:?} contains a NUL character"
             )));
         }
-        let path = self.dir.join(DATA);
-        let io = |e| IndexError::io(&path, e);
+        // The path is built only on an error: this runs once a passage.
+        let io = |e| IndexError::io(&self.dir.join(DATA), e);
         self.data.write_all(id.as_bytes()).map_err(io)?;
         self.data.write_all(b"\0").map_err(io)?;
         self.data.write_all(contents.as_bytes()).map_err(io)?;
