@@ -56,6 +56,12 @@ def zipf_ids(rng: np.random.Generator, vocab: int, n: int) -> np.ndarray:
     return ids
 
 
+def private_tmp(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place: a name of its
+    own, since two benches may make the same cached file at once."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def corpus_and_queries(passages: int, queries: int, seed: int = 0) -> tuple[Path, list[str]]:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"zipf-{passages}-{seed}.jsonl"
@@ -63,8 +69,7 @@ def corpus_and_queries(passages: int, queries: int, seed: int = 0) -> tuple[Path
     vocab = make_vocab(60_000, rng)
     words = np.array(vocab)
     if not path.exists():
-        # Its own name: two benches may make the same corpus at once.
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = private_tmp(path)
         with tmp.open("w") as f:
             for start in range(0, passages, 10_000):
                 n = min(10_000, passages - start)

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_bm25 import CACHE, bm25s_index, corpus_and_queries
+from bench_bm25 import CACHE, bm25s_index, corpus_and_queries, private_tmp
 from bench_dense import EF_SEARCH, recall_at, vectors
 from common import machine, peak_rss_mb, report, run_side
 
@@ -83,8 +83,7 @@ def corpus(passages: int, queries: int) -> tuple[Path, list[str]]:
                 larger.append((n, p))
         if larger:
             source = min(larger)[1]
-            # Its own name: two benches may make the same corpus at once.
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp = private_tmp(path)
             with source.open("rb") as src, tmp.open("wb") as dst:
                 for _ in range(passages):
                     dst.write(src.readline())
